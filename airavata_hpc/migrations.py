@@ -1,0 +1,58 @@
+"""Schema versioning: forward migrations applied in order when the service starts.
+
+The version lives in the ``setting`` table under ``schema_version``. To change the schema,
+append a function to :data:`MIGRATIONS`; it runs once, inside a transaction, on every database
+that has not seen it yet. Migrations never go backwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import peewee
+
+from airavata_hpc import models
+from airavata_hpc.db import database
+
+log = logging.getLogger(__name__)
+
+
+def _initial_schema(db: peewee.Database) -> None:
+    db.create_tables(models.ALL_MODELS, safe=True)
+
+
+MIGRATIONS: list[Callable[[peewee.Database], None]] = [
+    _initial_schema,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version() -> int:
+    db = database.obj
+    if not db.table_exists(models.Setting._meta.table_name):
+        return 0
+    row = models.Setting.get_or_none(models.Setting.key == "schema_version")
+    return int(row.value) if row else 0
+
+
+def migrate() -> tuple[int, int]:
+    """Bring the schema up to date; returns (version before, version after)."""
+    db = database.obj
+    before = current_version()
+    if before > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {before} is newer than this release knows "
+            f"({SCHEMA_VERSION}); upgrade airavata-hpc"
+        )
+    for version in range(before + 1, SCHEMA_VERSION + 1):
+        with db.atomic():
+            MIGRATIONS[version - 1](db)
+            db.create_tables([models.Setting], safe=True)
+            (models.Setting.insert(key="schema_version", value=str(version))
+             .on_conflict(conflict_target=[models.Setting.key],
+                          update={models.Setting.value: str(version)})
+             .execute())
+        log.info("applied schema migration %s", version)
+    return before, SCHEMA_VERSION
