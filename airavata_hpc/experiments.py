@@ -253,8 +253,6 @@ def update(principal: Principal, experiment_id: str, body: Any) -> Experiment:
     """``PUT /experiments/{id}``: any field before submission; afterwards only the descriptive
     ones (name, description, metadata), since the others define work already sent out."""
     validate(body, "UpdateExperimentRequest")
-    if not isinstance(body, dict) or not body:
-        raise bad_request("the body must name at least one field to change")
     _check_semantics(body)
 
     with database.atomic():

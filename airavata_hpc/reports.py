@@ -10,7 +10,7 @@ from typing import Any
 import peewee
 
 from airavata_hpc.auth import Principal
-from airavata_hpc.errors import bad_request, format_time
+from airavata_hpc.errors import ApiError, bad_request, format_time
 from airavata_hpc.experiments import get as get_experiment
 from airavata_hpc.experiments import int_argument, parse_paging
 from airavata_hpc.models import Experiment, ParameterValue, Task, TaskAttempt, TimelineEvent
@@ -195,7 +195,11 @@ def aggregate(principal: Principal, args: dict[str, str | None]) -> dict[str, An
     experiment_id = args.get("experiment_id")
     if not experiment_id:
         raise bad_request("experiment_id is required", field="experiment_id")
-    experiment = get_experiment(principal, experiment_id)
+    try:
+        experiment = get_experiment(principal, experiment_id)
+    except ApiError as exc:
+        # The spec lists no 404 here: an unknown experiment is an invalid parameter.
+        raise bad_request(exc.message, field="experiment_id") from None
     group_by = args.get("group_by") or "status"
     if group_by not in GROUP_BY:
         raise bad_request("group_by must be one of " + ", ".join(GROUP_BY), field="group_by")

@@ -121,6 +121,9 @@ def _parse_clause(raw: str, offset: int) -> Clause:
         raise FilterError(body, offset, "missing value")
     elif any(char in value for char in " '\""):
         raise FilterError(body, offset, "quote a value that holds spaces or quotes")
+    elif value[0] in "<>=!":
+        raise FilterError(body, offset, f"unexpected operator after {op!r}; quote a value that "
+                          "starts with one of < > = !")
     return Clause(name, op, value)
 
 

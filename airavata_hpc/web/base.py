@@ -101,10 +101,17 @@ class ApiHandler(tornado.web.RequestHandler):
             if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code != 405:
                 message = exc.log_message % exc.args if exc.args else exc.log_message
             body = error_body(_REASONS.get(status_code, "error"), message, self._request_id())
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         # send_error() cleared the headers set in prepare(), so the id goes on again.
         self.set_header("X-Request-ID", body["request_id"])
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body, separators=(",", ":")))
+
+    def allowed_methods(self) -> list[str]:
+        base = tornado.web.RequestHandler
+        return [method for method in self.SUPPORTED_METHODS
+                if getattr(type(self), method.lower()) is not getattr(base, method.lower())]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):

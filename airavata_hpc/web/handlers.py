@@ -31,7 +31,14 @@ class SearchHandler(ApiHandler):
         self.send_json(experiments.search(self.principal, self.query_args(*SEARCH_ARGS)))
 
 
-class ExperimentHandler(ApiHandler):
+class _EngineNotifier(ApiHandler):
+    def _notify(self, experiment_id: str) -> None:
+        engine = self.context.engine
+        if engine is not None:
+            engine.experiment_changed(experiment_id)
+
+
+class ExperimentHandler(_EngineNotifier):
     def get(self, experiment_id: str) -> None:
         self.send_json(experiments.to_json(experiments.get(self.principal, experiment_id)))
 
@@ -45,20 +52,15 @@ class ExperimentHandler(ApiHandler):
         self.set_status(204)
         self.finish()
 
-    def _notify(self, experiment_id: str) -> None:
-        engine = self.context.engine
-        if engine is not None:
-            engine.experiment_changed(experiment_id)
 
-
-class SubmitHandler(ExperimentHandler):
+class SubmitHandler(_EngineNotifier):
     def post(self, experiment_id: str) -> None:
         experiment = experiments.submit(self.principal, experiment_id)
         self._notify(experiment.id)
         self.send_json(experiments.to_json(experiment))
 
 
-class CancelHandler(ExperimentHandler):
+class CancelHandler(_EngineNotifier):
     def post(self, experiment_id: str) -> None:
         experiment = experiments.cancel(self.principal, experiment_id)
         self._notify(experiment.id)
