@@ -60,12 +60,13 @@ def main(verbose: bool) -> None:
 def serve(port: int | None, host: str, database_url: str | None, config_dir: str | None,
           no_auth: bool) -> None:
     """Start the REST API and the execution engine; stop with Ctrl-C or SIGTERM."""
+    from airavata_hpc.clusters import ClusterConfigError
     from airavata_hpc.server import serve as run
 
     try:
         settings = load_settings(port, database_url, config_dir, auth_enabled=not no_auth)
         asyncio.run(run(settings, host=host))
-    except SettingsError as exc:
+    except (SettingsError, ClusterConfigError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -126,3 +127,5 @@ def db_migrate(database_url: str | None) -> None:
         click.echo(f"schema is up to date (version {after})")
     else:
         click.echo(f"schema migrated from version {before} to {after}")
+if __name__ == "__main__":
+    main()

@@ -208,6 +208,7 @@ class TaskAttempt(BaseModel):
     started_at = peewee.DateTimeField(null=True)
     completed_at = peewee.DateTimeField(null=True)
     missing_since = peewee.DateTimeField(null=True)
+    submit_failures = peewee.IntegerField(default=0)
 
     class Meta:
         indexes = (

@@ -18,6 +18,7 @@ from airavata_hpc.models import utcnow
 from airavata_hpc.states import ExperimentStatus, TaskStatus
 from airavata_hpc.tasks import get as get_task
 from airavata_hpc.tasks import set_values, worker_id
+from airavata_hpc.transitions import task_counts
 
 FINAL = [status.value for status in TaskStatus if status.is_final]
 WAITING = [TaskStatus.PENDING.value, TaskStatus.ASSIGNED.value, TaskStatus.QUEUED.value]
@@ -50,12 +51,6 @@ def suggested_fix(error: str | None) -> str:
     return GENERIC_FIX
 
 
-def _counts(experiment_id: str) -> dict[str, int]:
-    rows = (Task.select(Task.status, peewee.fn.COUNT(Task.id).alias("n"))
-            .where(Task.experiment == experiment_id).group_by(Task.status).tuples())
-    return {status: count for status, count in rows}
-
-
 def _duration_stats(condition: peewee.Expression) -> tuple[float | None, float, int]:
     """(average duration of completed tasks, total cost, tasks with a duration)."""
     avg, cost, n = (Task.select(peewee.fn.AVG(Task.duration_sec), peewee.fn.SUM(Task.cost),
@@ -67,7 +62,7 @@ def _duration_stats(condition: peewee.Expression) -> tuple[float | None, float, 
 
 def summary(principal: Principal, experiment_id: str) -> dict[str, Any]:
     experiment = get_experiment(principal, experiment_id)
-    counts = _counts(experiment.id)
+    counts = task_counts(experiment.id)
     total = sum(counts.values())
     completed = counts.get(TaskStatus.COMPLETED, 0)
     failed = counts.get(TaskStatus.FAILED, 0)
@@ -114,7 +109,7 @@ def progress(principal: Principal, experiment_id: str) -> dict[str, Any]:
     """Done share (final tasks over all) and an estimate of the end: the average duration of
     completed tasks times the tasks still to run, divided by how many run at once now."""
     experiment = get_experiment(principal, experiment_id)
-    counts = _counts(experiment.id)
+    counts = task_counts(experiment.id)
     total = sum(counts.values())
     final = sum(counts.get(status, 0) for status in FINAL)
     active = sum(counts.get(status, 0) for status in ACTIVE)

@@ -139,7 +139,11 @@ def _parse_command(template: str) -> jinja2.nodes.Template:
 
 def command_placeholders(template: str) -> frozenset[str]:
     """The names a command template uses that a parameter set must supply."""
-    return frozenset(jinja2.meta.find_undeclared_variables(_parse_command(template)))
+    tree = _parse_command(template)
+    try:
+        return frozenset(jinja2.meta.find_undeclared_variables(tree))
+    except jinja2.TemplateError as exc:  # e.g. an unknown filter, found while compiling
+        raise CommandTemplateError(f"command template: {exc}") from exc
 
 
 def render_command(template: str, values: Mapping[str, object]) -> str:
