@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from airavata_hpc.adapters.base import AdapterError, BatchAdapter, BatchJob, NativeJobStatus
-
 from airavata_hpc.states import TaskStatus
 
 log = logging.getLogger(__name__)

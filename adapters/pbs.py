@@ -8,17 +8,21 @@ and Slurm's torque wrappers (slurm-wlm-torque) have neither ``-F json`` nor ``-x
 are what the test lab has; their quirks, seen on slurm-wlm-torque 22.05.8:
 
 * ``qsub`` prints the bare Slurm id (no ``.server``, no ``[]`` for arrays), and array elements
-  get Slurm ids of their own that ``qstat -f`` shows without any index. Array elements can
-  therefore not be matched: they are absent from the status and their status files decide.
+  get Slurm ids of their own that ``qstat -f`` shows without any index, so ``qstat`` cannot
+  report array elements at all. Workaround: the status and find commands check whether
+  ``qstat`` is one of these wrappers (a Perl script that says ``use Slurm``) and then ask the
+  ``squeue`` beside it, whose ``123_4`` ids become ``123[4]``; elsewhere they run ``qstat``.
 * ``qstat -f`` shows ``C`` for completed, failed and cancelled jobs alike, without
   ``exit_status``; a ``C`` without exit status is reported COMPLETED with a reason saying so.
 * ``qstat -f`` exits 153 with no output when none of the ids is known; ``qstat -t``,
   ``qselect`` and ``qstat --version`` do not exist.
+* ``qdel`` turns ids into numbers (``123[4]`` becomes ``123``: the whole array) and kills with
+  SIGKILL, so a cancelled element never writes its end line; its final state decides.
 * ``#PBS -o/-e`` in the script are overridden by the wrapper's own defaults, so ``-o``/``-e``
   go on the qsub command line.
 
 These workarounds can go when the wrappers are no longer a deployment target (or once their
-``qstat -f`` prints ``exit_status``); real Torque accepts all of them as well.
+``qstat -f`` prints array indices and ``exit_status``); real Torque is unaffected by them.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from airavata_hpc.adapters.base import (
     clean_reason,
     format_hms,
 )
-
+from airavata_hpc.adapters.slurm import FIND_FORMAT, STATUS_FORMAT, SlurmAdapter
 from airavata_hpc.states import TaskStatus
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,18 @@ _SUBJOB_RE = re.compile(r"\[\d+\]")
 _UNKNOWN_ID_RE = re.compile(r"Unknown Job Id|Job has finished", re.IGNORECASE)
 # Torque wrappers: "qstat -f" found none of the ids (no output, no message).
 _NOTHING_MATCHED = 153
+# Is qstat one of Slurm's torque wrappers? Then $q is its path and squeue lives beside it.
+_IS_WRAPPER = 'q=$(command -v qstat) && grep -qs "^use Slurm" "$q"'
+_TORQUE_STATUS = (
+    f'if {_IS_WRAPPER}; then exec "$(dirname "$q")/squeue" --me --noheader --array '
+    f'--states=all "--format={STATUS_FORMAT}"; fi; exec qstat -f "$@"'
+)
+_TORQUE_FIND = (
+    f'if {_IS_WRAPPER}; then exec "$(dirname "$q")/squeue" --me --noheader --states=all '
+    f'"--name=$1" "--format={FIND_FORMAT}"; fi; exec qstat -f'
+)
+_SLURM_LINE_RE = re.compile(r"^\d+(_\S+)?\|")
+_SLURM_ELEMENT_RE = re.compile(r"^(\d+)_(\d+)$")
 
 
 class PBSAdapter(BatchAdapter):
@@ -134,14 +150,14 @@ class PBSAdapter(BatchAdapter):
             return {0: native_id}
         if "[]" in native_id:
             return {e.index: native_id.replace("[]", f"[{e.index}]", 1) for e in job.elements}
-        # Slurm's torque wrappers print no "[]"; these ids never show up (module docstring).
+        # Slurm's torque wrappers print no "[]"; status maps their 123_4 to 123[4].
         return {e.index: f"{native_id}[{e.index}]" for e in job.elements}
 
     def status_command(self, job_ids: Sequence[str]) -> list[str]:
         if not job_ids:
             raise ValueError("qstat needs job ids: without them it lists every job of the server")
         if self.flavor == "torque":
-            return ["qstat", "-f", *dict.fromkeys(job_ids)]
+            return ["sh", "-c", _TORQUE_STATUS, "airavata-hpc-status", *dict.fromkeys(job_ids)]
         # One parent id covers all its subjobs with -t.
         parents = dict.fromkeys(_SUBJOB_RE.sub("[]", job_id) for job_id in job_ids)
         return ["qstat", "-f", "-F", "json", "-x", "-t", *parents]
@@ -155,6 +171,8 @@ class PBSAdapter(BatchAdapter):
         return all(_UNKNOWN_ID_RE.search(line) for line in lines)
 
     def parse_status_output(self, stdout: str) -> dict[str, NativeJobStatus]:
+        if self.flavor == "torque" and _is_squeue_output(stdout):
+            return _from_squeue(stdout)
         jobs = self._parse_json(stdout) if self.flavor == "pbspro" else _parse_full(stdout)
         found: dict[str, NativeJobStatus] = {}
         for job_id, attributes in jobs.items():
@@ -198,10 +216,12 @@ class PBSAdapter(BatchAdapter):
 
     def find_jobs_by_name_command(self, name: str) -> list[str]:
         if self.flavor == "torque":
-            return ["qstat", "-f"]
+            return ["sh", "-c", _TORQUE_FIND, "airavata-hpc-find", name]
         return ["qselect", "-x", "-N", name]
 
     def parse_find_jobs_output(self, stdout: str, name: str) -> list[str]:
+        if self.flavor == "torque" and _is_squeue_output(stdout):
+            return SlurmAdapter().parse_find_jobs_output(stdout, name)
         if self.flavor == "torque":
             jobs = _parse_full(stdout)
             return [job_id for job_id, attrs in jobs.items() if attrs.get("Job_Name") == name]
@@ -216,6 +236,24 @@ class PBSAdapter(BatchAdapter):
 
     def queue_check_command(self, queue: str) -> list[str]:
         return ["qstat", "-Q", queue]
+
+
+def _is_squeue_output(stdout: str) -> bool:
+    """Whether the torque status/find command answered through squeue (Slurm's wrappers)."""
+    first = next((line.strip() for line in stdout.splitlines() if line.strip()), "")
+    return bool(_SLURM_LINE_RE.match(first))
+
+
+def _from_squeue(stdout: str) -> dict[str, NativeJobStatus]:
+    """Slurm's view of jobs submitted through its torque wrappers, under PBS-style ids."""
+    found: dict[str, NativeJobStatus] = {}
+    for job_id, status in SlurmAdapter().parse_status_output(stdout).items():
+        element = _SLURM_ELEMENT_RE.match(job_id)
+        pbs_id = f"{element.group(1)}[{element.group(2)}]" if element else job_id
+        found[pbs_id] = NativeJobStatus(
+            pbs_id, status.status, status.native_state, status.reason, status.exit_code
+        )
+    return found
 
 
 def _parse_full(stdout: str) -> dict[str, dict[str, str]]:

@@ -23,7 +23,6 @@ from airavata_hpc.adapters.base import (
     NativeJobStatus,
     format_hms,
 )
-
 from airavata_hpc.states import TaskStatus
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,11 @@ Status comes from ``squeue --me --noheader --array --states=all --format=%i|%T|%
 
 ``--me`` instead of a job list: ``squeue --jobs`` errors out when a requested job was purged
 (seen on 22.05 with a single id), and one query per user is what site admins ask for.
+
+When to revisit: the format query can give way to JSON once every supported site runs a Slurm
+whose ``squeue --json`` honours ``--me``/``--states`` (check its man page) and whose JSON layout
+we pin by data_parser version; ``--jobs`` could replace ``--me`` if a query naming a purged id
+keeps reporting the others (try it against a controller with a low ``MinJobAge``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from airavata_hpc.adapters.base import (
     NativeJobStatus,
     clean_reason,
 )
-
 from airavata_hpc.states import TaskStatus
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,14 @@ from airavata_hpc import __version__, auth, migrations
 from airavata_hpc.db import database_url_from_env, describe, open_database
 from airavata_hpc.settings import SettingsError, load_settings
 
-DATABASE_HELP = ("Database URL: sqlite:///PATH (default sqlite:///airavata-hpc.db) or "
-                 "postgresql://USER@HOST:PORT/NAME. Default: $AIRAVATA_DATABASE_URL.")
-CONFIG_HELP = ("Configuration directory holding server.yaml and clusters.d/*.yaml. "
-               "Default: $AIRAVATA_CONFIG, else the built-in local cluster only.")
+DATABASE_HELP = (
+    "Database URL: sqlite:///PATH (default sqlite:///airavata-hpc.db) or "
+    "postgresql://USER@HOST:PORT/NAME. Default: $AIRAVATA_DATABASE_URL."
+)
+CONFIG_HELP = (
+    "Configuration directory holding server.yaml and clusters.d/*.yaml. "
+    "Default: $AIRAVATA_CONFIG, else the built-in local cluster only."
+)
 
 
 def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,15 +54,23 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.option("--port", type=int, help="Port to listen on. Default: $AIRAVATA_PORT, else 8080.")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; 0.0.0.0 for every interface.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 for every interface.",
+)
 @database_option
 @click.option("--config", "config_dir", metavar="DIR", help=CONFIG_HELP)
-@click.option("--no-auth", is_flag=True,
-              help="Accept requests without credentials, every caller an admin. For a "
-                   "single-user laptop only; logged as a warning at every start.")
-def serve(port: int | None, host: str, database_url: str | None, config_dir: str | None,
-          no_auth: bool) -> None:
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Accept requests without credentials, every caller an admin. For a "
+    "single-user laptop only; logged as a warning at every start.",
+)
+def serve(
+    port: int | None, host: str, database_url: str | None, config_dir: str | None, no_auth: bool
+) -> None:
     """Start the REST API and the execution engine; stop with Ctrl-C or SIGTERM."""
     from airavata_hpc.clusters import ClusterConfigError
     from airavata_hpc.server import serve as run
@@ -81,8 +93,9 @@ def token() -> None:
 @click.option("--ttl", default="24h", show_default=True, help="Lifetime: 30m, 12h, 7d, ...")
 @database_option
 @click.option("--config", "config_dir", metavar="DIR", help=CONFIG_HELP)
-def token_create(user: str, admin: bool, ttl: str, database_url: str | None,
-                 config_dir: str | None) -> None:
+def token_create(
+    user: str, admin: bool, ttl: str, database_url: str | None, config_dir: str | None
+) -> None:
     """Print a token the server started on the same database (or secret) accepts."""
     try:
         lifetime = auth.parse_ttl(ttl)
@@ -109,6 +122,40 @@ def api_key_create(user: str, database_url: str | None) -> None:
 
 
 @main.group()
+def clusters() -> None:
+    """The clusters in CONFIG_DIR/clusters.d/*.yaml."""
+
+
+@clusters.command("check")
+@click.argument("name", required=False)
+@click.option("--config", "config_dir", metavar="DIR", help=CONFIG_HELP)
+def clusters_check(name: str | None, config_dir: str | None) -> None:
+    """Connect to each cluster (or only NAME), run its scheduler's version command, check
+    that its partition or queue exists and that work_dir is writable; one row per cluster.
+    Exits non-zero if any check fails."""
+    from airavata_hpc.cluster_check import check_cluster, format_table
+    from airavata_hpc.clusters import ClusterConfigError, load_clusters
+
+    try:
+        settings = load_settings(None, None, config_dir)
+        configured = load_clusters(settings.config_dir, default_work_dir=settings.work_dir)
+    except (SettingsError, ClusterConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if name is not None:
+        configured = [cluster for cluster in configured if cluster.name == name]
+        if not configured:
+            raise click.ClickException(f"no cluster named {name!r} in the configuration")
+
+    async def run_all() -> list[Any]:
+        return list(await asyncio.gather(*(check_cluster(c) for c in configured)))
+
+    results = asyncio.run(run_all())
+    click.echo(format_table(results))
+    if not all(result.ok for result in results):
+        sys.exit(1)
+
+
+@main.group()
 def db() -> None:
     """Database schema."""
 
@@ -127,5 +174,7 @@ def db_migrate(database_url: str | None) -> None:
         click.echo(f"schema is up to date (version {after})")
     else:
         click.echo(f"schema migrated from version {before} to {after}")
+
+
 if __name__ == "__main__":
     main()

@@ -50,8 +50,9 @@ def jwt_secret(configured: str | None = None) -> str:
     row = Setting.get_or_none(Setting.key == JWT_SECRET_SETTING)
     if row:
         return row.value
-    Setting.insert(key=JWT_SECRET_SETTING, value=secrets.token_urlsafe(48)).on_conflict_ignore(
-    ).execute()
+    Setting.insert(
+        key=JWT_SECRET_SETTING, value=secrets.token_urlsafe(48)
+    ).on_conflict_ignore().execute()
     log.info("generated a JWT secret and stored it in the database")
     return Setting.get(Setting.key == JWT_SECRET_SETTING).value
 
@@ -90,8 +91,12 @@ def authenticate(secret: str, authorization: str | None, api_key: str | None) ->
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("Authorization header must be 'Bearer <token>'")
         try:
-            claims = jwt.decode(token.strip(), secret, algorithms=[JWT_ALGORITHM],
-                                options={"require": ["sub", "exp"]})
+            claims = jwt.decode(
+                token.strip(),
+                secret,
+                algorithms=[JWT_ALGORITHM],
+                options={"require": ["sub", "exp"]},
+            )
         except jwt.ExpiredSignatureError as exc:
             raise unauthorized("token has expired; create a new one") from exc
         except jwt.InvalidTokenError as exc:
@@ -99,15 +104,19 @@ def authenticate(secret: str, authorization: str | None, api_key: str | None) ->
         return Principal(str(claims["sub"]), bool(claims.get("admin", False)))
 
     if api_key:
-        row = (ApiKey.select(ApiKey, User).join(User)
-               .where(ApiKey.key_hash == _digest(api_key), ApiKey.revoked == False)  # noqa: E712
-               .first())
+        row = (
+            ApiKey.select(ApiKey, User)
+            .join(User)
+            .where(ApiKey.key_hash == _digest(api_key), ApiKey.revoked == False)  # noqa: E712
+            .first()
+        )
         if row is None:
             raise unauthorized("unknown or revoked API key")
         return Principal(row.user.username, row.user.is_admin)
 
-    raise unauthorized("credentials required: send 'Authorization: Bearer <token>' or "
-                       "'X-API-Key: <key>'")
+    raise unauthorized(
+        "credentials required: send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'"
+    )
 
 
 def parse_ttl(text: str) -> timedelta:

@@ -337,7 +337,7 @@ def _finish(values: dict[str, Any], source: str, base_dir: Path | None) -> Clust
                 path = base_dir / path
             if not path.is_file():
                 raise ClusterConfigError(source, key, f"no such file: {path}")
-            values[key] = str(path)
+            values[key] = os.path.normpath(path)
 
     if values.get("insecure_skip_host_key_check"):
         log.warning(

@@ -26,7 +26,6 @@ from typing import Any
 import peewee
 
 from airavata_hpc import events, scripts
-from airavata_hpc.adapters import get_adapter
 from airavata_hpc.adapters.base import BatchAdapter, BatchJob, JobElement, NativeJobStatus
 from airavata_hpc.clusters import ClusterConfig, load_clusters
 from airavata_hpc.db import database
@@ -69,8 +68,9 @@ class ClusterRuntime:
     def compute_types(self) -> tuple[str, ...]:
         return tuple(self.config.compute_types)
 
-    async def run(self, kind: str, argv: list[str], metrics: Metrics | None,
-                  check: bool = True) -> Any:
+    async def run(
+        self, kind: str, argv: list[str], metrics: Metrics | None, check: bool = True
+    ) -> Any:
         """Every scheduler command goes through here, so it is counted and its failure
         recorded as the cluster's health, never as a task's."""
         self.commands += 1
@@ -100,11 +100,15 @@ class CycleStats:
 
 
 class Engine:
-    def __init__(self, clusters: list[ClusterConfig], metrics: Metrics | None = None,
-                 grace_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        clusters: list[ClusterConfig],
+        metrics: Metrics | None = None,
+        grace_seconds: float | None = None,
+    ) -> None:
         self.metrics = metrics
         self.clusters = [
-            ClusterRuntime(config, get_adapter(config.type), runner_for_cluster(config))
+            ClusterRuntime(config, config.adapter(), runner_for_cluster(config))
             for config in clusters
         ]
         self.by_name = {cluster.name: cluster for cluster in self.clusters}
@@ -119,8 +123,10 @@ class Engine:
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Engine:
         clusters = load_clusters(settings.config_dir, default_work_dir=settings.work_dir)
         if settings.config_dir is None:
-            log.info("no configuration directory; using the built-in local cluster (work dir "
-                     "%s)", clusters[0].work_dir)
+            log.info(
+                "no configuration directory; using the built-in local cluster (work dir %s)",
+                clusters[0].work_dir,
+            )
         return cls(clusters, metrics)
 
     # -- life cycle -----------------------------------------------------------------------
@@ -129,12 +135,16 @@ class Engine:
         self._record_resources()
         for cluster in self.clusters:
             if getattr(cluster.config, "insecure_skip_host_key_check", False):
-                log.warning("cluster %s: SSH host key checking is DISABLED "
-                            "(insecure_skip_host_key_check)", cluster.name)
+                log.warning(
+                    "cluster %s: SSH host key checking is DISABLED (insecure_skip_host_key_check)",
+                    cluster.name,
+                )
         await self.reconcile()
         self._task = asyncio.create_task(self._loop(), name="airavata-engine")
-        log.info("engine started with clusters: %s",
-                 ", ".join(f"{c.name} ({c.config.type})" for c in self.clusters))
+        log.info(
+            "engine started with clusters: %s",
+            ", ".join(f"{c.name} ({c.config.type})" for c in self.clusters),
+        )
 
     async def stop(self) -> None:
         self._stopping = True
@@ -191,8 +201,12 @@ class Engine:
 
     def _place_pending(self) -> None:
         """PENDING -> ASSIGNED: choose a cluster and write one attempt per task."""
-        pending = (Task.select(Task.experiment).where(Task.status == TaskStatus.PENDING)
-                   .distinct().tuples())
+        pending = (
+            Task.select(Task.experiment)
+            .where(Task.status == TaskStatus.PENDING)
+            .distinct()
+            .tuples()
+        )
         for (experiment_id,) in pending:
             experiment = Experiment.get_or_none(Experiment.id == experiment_id)
             if experiment is None or experiment.status == ExperimentStatus.CANCELLED:
@@ -205,80 +219,118 @@ class Engine:
 
     def _fail_unplaceable(self, experiment: Experiment) -> None:
         reason = explain_no_cluster(experiment, self.clusters)
-        ids = [t.id for t in Task.select(Task.id).where(
-            (Task.experiment == experiment.id) & (Task.status == TaskStatus.PENDING))]
+        ids = [
+            t.id
+            for t in Task.select(Task.id).where(
+                (Task.experiment == experiment.id) & (Task.status == TaskStatus.PENDING)
+            )
+        ]
         moved = move_tasks(ids, TaskStatus.FAILED, error_message=reason, completed_at=utcnow())
         log.warning("experiment %s: %s tasks failed: %s", experiment.id, moved, reason)
-        events.record_many({"experiment_id": experiment.id, "task_id": task_id,
-                            "event_type": "TASK_FAILED", "details": {"error": reason}}
-                           for task_id in ids)
+        events.record_many(
+            {
+                "experiment_id": experiment.id,
+                "task_id": task_id,
+                "event_type": "TASK_FAILED",
+                "details": {"error": reason},
+            }
+            for task_id in ids
+        )
 
     def _capacity(self, cluster: ClusterRuntime) -> int:
         limit = cluster.config.max_queued_jobs
         if not limit:
             return 1_000_000
-        busy = TaskAttempt.select().where(
-            (TaskAttempt.cluster == cluster.name)
-            & TaskAttempt.state.in_(("ASSIGNED", *ACTIVE_ATTEMPT))).count()
+        busy = (
+            TaskAttempt.select()
+            .where(
+                (TaskAttempt.cluster == cluster.name)
+                & TaskAttempt.state.in_(("ASSIGNED", *ACTIVE_ATTEMPT))
+            )
+            .count()
+        )
         return max(0, limit - busy)
 
     def _assign(self, experiment: Experiment, cluster: ClusterRuntime) -> None:
         capacity = self._capacity(cluster)
         if capacity <= 0:
             return
-        tasks = list(Task.select().where((Task.experiment == experiment.id)
-                                         & (Task.status == TaskStatus.PENDING))
-                     .order_by(Task.set_index).limit(capacity))
+        tasks = list(
+            Task.select()
+            .where((Task.experiment == experiment.id) & (Task.status == TaskStatus.PENDING))
+            .order_by(Task.set_index)
+            .limit(capacity)
+        )
         chunk = max(1, cluster.config.max_array_size or 1000)
         base = posixpath.join(cluster.config.work_dir, "experiments", experiment.id)
         for start in range(0, len(tasks), chunk):
-            group = tasks[start:start + chunk]
+            group = tasks[start : start + chunk]
             submission = uuid.uuid4().hex
             job_name = f"ah-{submission[:16]}"
             work_dir = posixpath.join(base, job_name)
             now = utcnow()
             with database.atomic():
                 moved_ids = [t.id for t in group]
-                if move_tasks(moved_ids, TaskStatus.ASSIGNED, cluster=cluster.name,
-                              assigned_at=now) != len(group):
+                if move_tasks(
+                    moved_ids, TaskStatus.ASSIGNED, cluster=cluster.name, assigned_at=now
+                ) != len(group):
                     # Someone (a cancel) changed some of these tasks meanwhile; try again later.
                     database.rollback()
                     continue
-                TaskAttempt.insert_many([
-                    {"id": uuid.uuid4().hex, "task": task.id, "number": task.retry_count + 1,
-                     "cluster": cluster.name, "submission_id": submission,
-                     "array_index": index, "job_name": job_name,
-                     "work_dir": posixpath.join(work_dir, f"t{index}"), "state": "ASSIGNED",
-                     "submitted_at": now}
-                    for index, task in enumerate(group)
-                ]).execute()
-            log.info("experiment %s: %s tasks assigned to cluster %s as %s", experiment.id,
-                     len(group), cluster.name, job_name)
+                TaskAttempt.insert_many(
+                    [
+                        {
+                            "id": uuid.uuid4().hex,
+                            "task": task.id,
+                            "number": task.retry_count + 1,
+                            "cluster": cluster.name,
+                            "submission_id": submission,
+                            "array_index": index,
+                            "job_name": job_name,
+                            "work_dir": posixpath.join(work_dir, f"t{index}"),
+                            "state": "ASSIGNED",
+                            "submitted_at": now,
+                        }
+                        for index, task in enumerate(group)
+                    ]
+                ).execute()
+            log.info(
+                "experiment %s: %s tasks assigned to cluster %s as %s",
+                experiment.id,
+                len(group),
+                cluster.name,
+                job_name,
+            )
 
     # -- submission -----------------------------------------------------------------------
 
     async def _submit_assigned(self, cluster: ClusterRuntime, recovering: bool = False) -> None:
         """Submit every recorded-but-unsubmitted submission of this cluster."""
-        rows = (TaskAttempt.select(TaskAttempt.submission_id,
-                                   peewee.fn.MAX(TaskAttempt.submit_failures))
-                .where((TaskAttempt.cluster == cluster.name) & (TaskAttempt.state == "ASSIGNED")
-                       & TaskAttempt.native_job_id.is_null())
-                .group_by(TaskAttempt.submission_id).tuples())
+        rows = (
+            TaskAttempt.select(
+                TaskAttempt.submission_id, peewee.fn.MAX(TaskAttempt.submit_failures)
+            )
+            .where(
+                (TaskAttempt.cluster == cluster.name)
+                & (TaskAttempt.state == "ASSIGNED")
+                & TaskAttempt.native_job_id.is_null()
+            )
+            .group_by(TaskAttempt.submission_id)
+            .tuples()
+        )
         for submission, failures in rows:
             await self._submit(cluster, submission, look_up_first=recovering or failures > 0)
 
-    def _batch_job(self, cluster: ClusterRuntime, attempts: list[TaskAttempt],
-                   experiment: Experiment) -> BatchJob:
+    def _batch_job(
+        self, cluster: ClusterRuntime, attempts: list[TaskAttempt], experiment: Experiment
+    ) -> BatchJob:
         config = cluster.config
         requirements = experiment.compute_requirements or {}
-        walltime = int(requirements.get("walltime_seconds")
-                       or _walltime_from_text(requirements.get("walltime"))
-                       or DEFAULT_WALLTIME)
-        if config.max_walltime:
-            walltime = min(walltime, int(config.max_walltime))
+        walltime = walltime_seconds(config, requirements)
         elements = tuple(
-            JobElement(index=attempt.array_index, task_dir=attempt.work_dir,
-                       command=attempt.task.command)
+            JobElement(
+                index=attempt.array_index, task_dir=attempt.work_dir, command=attempt.task.command
+            )
             for attempt in attempts
         )
         return BatchJob(
@@ -296,11 +348,13 @@ class Engine:
             environment_setup=tuple(config.environment_setup or ()),
         )
 
-    async def _submit(self, cluster: ClusterRuntime, submission: str,
-                      look_up_first: bool) -> None:
-        attempts = list(TaskAttempt.select(TaskAttempt, Task).join(Task)
-                        .where(TaskAttempt.submission_id == submission)
-                        .order_by(TaskAttempt.array_index))
+    async def _submit(self, cluster: ClusterRuntime, submission: str, look_up_first: bool) -> None:
+        attempts = list(
+            TaskAttempt.select(TaskAttempt, Task)
+            .join(Task)
+            .where(TaskAttempt.submission_id == submission)
+            .order_by(TaskAttempt.array_index)
+        )
         if not attempts:
             return
         experiment = Experiment.get_by_id(attempts[0].task.experiment_id)
@@ -310,58 +364,87 @@ class Engine:
         found = await self._find_by_name(cluster, job.name) if look_up_first else []
         if found:
             native = found[0]
-            log.info("cluster %s: adopting job %s found by name %s", cluster.name, native,
-                     job.name)
+            log.info("cluster %s: adopting job %s found by name %s", cluster.name, native, job.name)
         else:
-            template = _read_template(cluster.config.template)
-            await cluster.runner.write_files({job.script_path: cluster.adapter.render_script(
-                job, template)})
-            result = await cluster.run("submit", cluster.adapter.submit_command(
-                job.script_path), self.metrics, check=False)
+            template = cluster.config.template_source()
+            await cluster.runner.write_files(
+                {job.script_path: cluster.adapter.render_script(job, template)}
+            )
+            result = await cluster.run(
+                "submit", cluster.adapter.submit_command(job.script_path), self.metrics, check=False
+            )
             if result.exit_status != 0:
                 self._submit_refused(cluster, attempts, result)
                 return
             native = cluster.adapter.parse_submit_output(result.stdout)
-            log.info("cluster %s: submitted %s as job %s (%s tasks)", cluster.name, job.name,
-                     native, len(attempts))
+            log.info(
+                "cluster %s: submitted %s as job %s (%s tasks)",
+                cluster.name,
+                job.name,
+                native,
+                len(attempts),
+            )
 
         element_ids = cluster.adapter.element_job_ids(native, job)
         with database.atomic():
             for attempt in attempts:
                 TaskAttempt.update(native_job_id=element_ids[attempt.array_index]).where(
-                    TaskAttempt.id == attempt.id).execute()
+                    TaskAttempt.id == attempt.id
+                ).execute()
             TaskAttempt.update(state="QUEUED").where(
                 (TaskAttempt.submission_id == submission) & (TaskAttempt.state == "ASSIGNED")
             ).execute()
             move_tasks([a.task_id for a in attempts], TaskStatus.QUEUED)
             events.record_many(
-                {"experiment_id": experiment.id, "task_id": a.task_id,
-                 "event_type": "TASK_SUBMITTED",
-                 "worker_id": f"{cluster.name}/{element_ids[a.array_index]}"}
-                for a in attempts)
+                {
+                    "experiment_id": experiment.id,
+                    "task_id": a.task_id,
+                    "event_type": "TASK_SUBMITTED",
+                    "worker_id": f"{cluster.name}/{element_ids[a.array_index]}",
+                }
+                for a in attempts
+            )
 
-    def _submit_refused(self, cluster: ClusterRuntime, attempts: list[TaskAttempt],
-                        result: Any) -> None:
+    def _submit_refused(
+        self, cluster: ClusterRuntime, attempts: list[TaskAttempt], result: Any
+    ) -> None:
         """A submit command that ran and said no. The same words can mean a bad request
         (unknown partition) or a sick cluster (munge stopped, controller down), so it is tried
         again on the next cycles and only after SUBMIT_TRIES refusals fails the tasks."""
         message = (result.stderr or result.stdout).strip() or f"exit {result.exit_status}"
         failures = attempts[0].submit_failures + 1
         TaskAttempt.update(submit_failures=failures, error=message).where(
-            TaskAttempt.submission_id == attempts[0].submission_id).execute()
-        cluster.mark_unreachable(RemoteCommandError(
-            result.command, result.exit_status, result.stdout, result.stderr, transient=True,
-            problem="submission refused", cluster=cluster.name))
+            TaskAttempt.submission_id == attempts[0].submission_id
+        ).execute()
+        cluster.mark_unreachable(
+            RemoteCommandError(
+                result.command,
+                result.exit_status,
+                result.stdout,
+                result.stderr,
+                transient=True,
+                problem="submission refused",
+                cluster=cluster.name,
+            )
+        )
         if failures < SUBMIT_TRIES:
-            log.warning("cluster %s: submission %s refused (%s of %s): %s", cluster.name,
-                        attempts[0].job_name, failures, SUBMIT_TRIES, message)
+            log.warning(
+                "cluster %s: submission %s refused (%s of %s): %s",
+                cluster.name,
+                attempts[0].job_name,
+                failures,
+                SUBMIT_TRIES,
+                message,
+            )
             return
-        self._submission_failed(attempts, f"submission refused by cluster {cluster.name} "
-                                f"{failures} times: {message}")
+        self._submission_failed(
+            attempts, f"submission refused by cluster {cluster.name} {failures} times: {message}"
+        )
 
     async def _find_by_name(self, cluster: ClusterRuntime, name: str) -> list[str]:
-        result = await cluster.run("find", cluster.adapter.find_jobs_by_name_command(name),
-                                   self.metrics, check=False)
+        result = await cluster.run(
+            "find", cluster.adapter.find_jobs_by_name_command(name), self.metrics, check=False
+        )
         if result.exit_status != 0:
             return []
         return cluster.adapter.parse_find_jobs_output(result.stdout, name)
@@ -371,7 +454,8 @@ class Engine:
         now = utcnow()
         for attempt in attempts:
             TaskAttempt.update(state="FAILED", error=reason, completed_at=now).where(
-                TaskAttempt.id == attempt.id).execute()
+                TaskAttempt.id == attempt.id
+            ).execute()
             self._attempt_failed(attempt.task, reason, exit_code=None, worker=None)
 
     # -- monitoring -----------------------------------------------------------------------
@@ -379,20 +463,29 @@ class Engine:
     async def _poll(self, cluster: ClusterRuntime) -> None:
         cluster.last_poll = time.monotonic()
         before = cluster.commands
-        attempts = list(TaskAttempt.select(TaskAttempt, Task).join(Task).where(
-            (TaskAttempt.cluster == cluster.name) & TaskAttempt.state.in_(ACTIVE_ATTEMPT)
-            & TaskAttempt.native_job_id.is_null(False)))
+        attempts = list(
+            TaskAttempt.select(TaskAttempt, Task)
+            .join(Task)
+            .where(
+                (TaskAttempt.cluster == cluster.name)
+                & TaskAttempt.state.in_(ACTIVE_ATTEMPT)
+                & TaskAttempt.native_job_id.is_null(False)
+            )
+        )
         if not attempts:
             cluster.last_poll_commands = 0
             return
 
         ids = sorted({a.native_job_id for a in attempts})
-        result = await cluster.run("status", cluster.adapter.status_command(ids), self.metrics,
-                                   check=False)
+        result = await cluster.run(
+            "status", cluster.adapter.status_command(ids), self.metrics, check=False
+        )
         if not cluster.adapter.status_output_usable(result.exit_status, result.stderr):
-            cluster.mark_unreachable(RemoteCommandError(
-                result.command, result.exit_status, result.stdout, result.stderr,
-                transient=True))
+            cluster.mark_unreachable(
+                RemoteCommandError(
+                    result.command, result.exit_status, result.stdout, result.stderr, transient=True
+                )
+            )
             return
         native = cluster.adapter.parse_status_output(result.stdout)
 
@@ -409,13 +502,22 @@ class Engine:
 
     def _mark_running(self, attempt: TaskAttempt, started: datetime | None) -> None:
         TaskAttempt.update(state="RUNNING", started_at=started or utcnow()).where(
-            (TaskAttempt.id == attempt.id) & (TaskAttempt.state == "QUEUED")).execute()
+            (TaskAttempt.id == attempt.id) & (TaskAttempt.state == "QUEUED")
+        ).execute()
         if move_tasks([attempt.task_id], TaskStatus.RUNNING, started_at=started or utcnow()):
-            events.record(attempt.task.experiment_id, "TASK_STARTED", task_id=attempt.task_id,
-                          worker_id=f"{attempt.cluster}/{attempt.native_job_id}")
+            events.record(
+                attempt.task.experiment_id,
+                "TASK_STARTED",
+                task_id=attempt.task_id,
+                worker_id=f"{attempt.cluster}/{attempt.native_job_id}",
+            )
 
-    async def _settle_from_files(self, cluster: ClusterRuntime, attempts: list[TaskAttempt],
-                                 native: dict[str, NativeJobStatus]) -> None:
+    async def _settle_from_files(
+        self,
+        cluster: ClusterRuntime,
+        attempts: list[TaskAttempt],
+        native: dict[str, NativeJobStatus],
+    ) -> None:
         """One batched read of the status files (and output tails) of jobs not in the queue
         or reported finished; completion comes from those files."""
         paths = [posixpath.join(a.work_dir, scripts.STATUS_FILE) for a in attempts]
@@ -433,31 +535,45 @@ class Engine:
                 # killed (time limit, memory, node failure, cancel) before it could.
                 reason = _reason_text(reported, stderr)
                 self._close_attempt(cluster, attempt, status, None, reason, stdout)
-            elif reported is None:
+            else:
+                # Not in the queue and no end line: running by its file (a queue listing may
+                # miss it), or killed before the wrapper could write; the grace period tells.
+                if status is not None and attempt.state == "QUEUED":
+                    self._mark_running(attempt, _epoch(status.start))
                 self._maybe_vanished(cluster, attempt, status, stdout, stderr)
-            elif status is not None and attempt.state == "QUEUED":
-                self._mark_running(attempt, _epoch(status.start))
 
-    async def _read_tails(self, cluster: ClusterRuntime,
-                          attempts: list[TaskAttempt]) -> dict[str, tuple[str, str]]:
+    async def _read_tails(
+        self, cluster: ClusterRuntime, attempts: list[TaskAttempt]
+    ) -> dict[str, tuple[str, str]]:
         """The last bytes of each attempt's stdout and stderr, in one command."""
         paths = []
         for attempt in attempts:
-            paths += [posixpath.join(attempt.work_dir, scripts.STDOUT_FILE),
-                      posixpath.join(attempt.work_dir, scripts.STDERR_FILE)]
+            paths += [
+                posixpath.join(attempt.work_dir, scripts.STDOUT_FILE),
+                posixpath.join(attempt.work_dir, scripts.STDERR_FILE),
+            ]
         boundary = f"--airavata-{uuid.uuid4().hex}--"
-        result = await cluster.run("read", tail_command(paths, STDOUT_TAIL_BYTES, boundary),
-                                   self.metrics, check=False)
+        result = await cluster.run(
+            "read", tail_command(paths, STDOUT_TAIL_BYTES, boundary), self.metrics, check=False
+        )
         texts = parse_tails(result.stdout, boundary)
         return {
-            attempt.id: (texts.get(posixpath.join(attempt.work_dir, scripts.STDOUT_FILE), ""),
-                         texts.get(posixpath.join(attempt.work_dir, scripts.STDERR_FILE), ""))
+            attempt.id: (
+                texts.get(posixpath.join(attempt.work_dir, scripts.STDOUT_FILE), ""),
+                texts.get(posixpath.join(attempt.work_dir, scripts.STDERR_FILE), ""),
+            )
             for attempt in attempts
         }
 
-    def _finish(self, cluster: ClusterRuntime, attempt: TaskAttempt,
-                status: scripts.ElementStatus, reported: NativeJobStatus | None, stdout: str,
-                stderr: str) -> None:
+    def _finish(
+        self,
+        cluster: ClusterRuntime,
+        attempt: TaskAttempt,
+        status: scripts.ElementStatus,
+        reported: NativeJobStatus | None,
+        stdout: str,
+        stderr: str,
+    ) -> None:
         if status.exit_code == 0:
             self._close_attempt(cluster, attempt, status, 0, None, stdout)
             return
@@ -473,8 +589,14 @@ class Engine:
             reason += f"; stderr: {tail}"
         self._close_attempt(cluster, attempt, status, status.exit_code, reason, stdout)
 
-    def _maybe_vanished(self, cluster: ClusterRuntime, attempt: TaskAttempt,
-                        status: scripts.ElementStatus | None, stdout: str, stderr: str) -> None:
+    def _maybe_vanished(
+        self,
+        cluster: ClusterRuntime,
+        attempt: TaskAttempt,
+        status: scripts.ElementStatus | None,
+        stdout: str,
+        stderr: str,
+    ) -> None:
         """Gone from the queue without an end line: wait a grace period (the file system may
         lag, the scheduler may be between states), then call it failed."""
         now = utcnow()
@@ -492,64 +614,134 @@ class Engine:
             reason += f"; stderr: {tail}"
         self._close_attempt(cluster, attempt, status, None, reason, stdout)
 
-    def _close_attempt(self, cluster: ClusterRuntime, attempt: TaskAttempt,
-                       status: scripts.ElementStatus | None, exit_code: int | None,
-                       error: str | None, stdout: str) -> None:
+    def _close_attempt(
+        self,
+        cluster: ClusterRuntime,
+        attempt: TaskAttempt,
+        status: scripts.ElementStatus | None,
+        exit_code: int | None,
+        error: str | None,
+        stdout: str,
+    ) -> None:
         started = _epoch(status.start) if status else None
         ended = _epoch(status.end) if status and status.end else utcnow()
         host = status.host if status else None
         success = exit_code == 0 and error is None
+        if not success and started is not None:
+            limit = walltime_seconds(
+                cluster.config, attempt.task.experiment.compute_requirements or {}
+            )
+            if (ended - started).total_seconds() >= limit - 1:
+                # Batch systems kill at the limit with SIGTERM or SIGKILL; the wrapper then
+                # records 143 or nothing at all. The elapsed time says why.
+                error = f"time limit of {limit} s reached; {error or 'killed'}"
         state = "COMPLETED" if success else "FAILED"
         with database.atomic():
-            changed = TaskAttempt.update(
-                state=state, exit_code=exit_code, error=error, host=host,
-                started_at=started or attempt.started_at, completed_at=ended,
-            ).where((TaskAttempt.id == attempt.id)
-                    & TaskAttempt.state.in_(ACTIVE_ATTEMPT)).execute()
+            changed = (
+                TaskAttempt.update(
+                    state=state,
+                    exit_code=exit_code,
+                    error=error,
+                    host=host,
+                    started_at=started or attempt.started_at,
+                    completed_at=ended,
+                )
+                .where((TaskAttempt.id == attempt.id) & TaskAttempt.state.in_(ACTIVE_ATTEMPT))
+                .execute()
+            )
             if not changed:
                 return
             worker = f"{cluster.name}/{attempt.native_job_id}"
             duration = (ended - started).total_seconds() if started else None
             cores = int((attempt.task.experiment.compute_requirements or {}).get("cores", 1))
-            metrics = {"host": host, "duration_sec": duration, "cluster": cluster.name,
-                       "native_job_id": attempt.native_job_id, "cores": cores}
+            metrics = {
+                "host": host,
+                "duration_sec": duration,
+                "cluster": cluster.name,
+                "native_job_id": attempt.native_job_id,
+                "cores": cores,
+            }
             summary = {"exit_code": exit_code, "stdout_tail": stdout[-STDOUT_TAIL_BYTES:]}
             cost = None
             if duration is not None and cluster.config.cost_per_core_hour:
                 cost = duration / 3600.0 * cores * cluster.config.cost_per_core_hour
-            common = {"started_at": started or attempt.task.started_at, "exit_code": exit_code,
-                      "execution_metrics": metrics, "result_summary": summary,
-                      "duration_sec": duration, "cost": cost}
+            common = {
+                "started_at": started or attempt.task.started_at,
+                "exit_code": exit_code,
+                "execution_metrics": metrics,
+                "result_summary": summary,
+                "duration_sec": duration,
+                "cost": cost,
+            }
             if success:
-                if move_tasks([attempt.task_id], TaskStatus.COMPLETED, completed_at=ended,
-                              error_message=None, **common):
-                    events.record(attempt.task.experiment_id, "TASK_COMPLETED",
-                                  task_id=attempt.task_id, worker_id=worker,
-                                  details={"exit_code": 0, "duration_sec": duration})
+                if move_tasks(
+                    [attempt.task_id],
+                    TaskStatus.COMPLETED,
+                    completed_at=ended,
+                    error_message=None,
+                    **common,
+                ):
+                    events.record(
+                        attempt.task.experiment_id,
+                        "TASK_COMPLETED",
+                        task_id=attempt.task_id,
+                        worker_id=worker,
+                        details={"exit_code": 0, "duration_sec": duration},
+                    )
                     self._count(cluster, TaskStatus.COMPLETED)
             else:
                 Task.update(**common).where(Task.id == attempt.task_id).execute()
                 self._attempt_failed(attempt.task, error or "failed", exit_code, worker)
-        log.info("cluster %s: job %s (task %s) %s%s", cluster.name, attempt.native_job_id,
-                 attempt.task_id, state, f": {error}" if error else "")
+        log.info(
+            "cluster %s: job %s (task %s) %s%s",
+            cluster.name,
+            attempt.native_job_id,
+            attempt.task_id,
+            state,
+            f": {error}" if error else "",
+        )
 
-    def _attempt_failed(self, task: Task, reason: str, exit_code: int | None,
-                        worker: str | None) -> None:
+    def _attempt_failed(
+        self, task: Task, reason: str, exit_code: int | None, worker: str | None
+    ) -> None:
         """Retry while retry_count < max_retries, else the task has FAILED."""
         task = Task.get_by_id(task.id)
         if task.retry_count < task.max_retries:
-            if move_tasks([task.id], TaskStatus.PENDING, retry_count=task.retry_count + 1,
-                          error_message=reason):
-                events.record(task.experiment_id, "TASK_RETRIED", task_id=task.id,
-                              worker_id=worker, details={"error": reason,
-                                                         "retry": task.retry_count + 1})
-                log.info("task %s failed (%s); retry %s of %s", task.id, reason,
-                         task.retry_count + 1, task.max_retries)
+            if move_tasks(
+                [task.id],
+                TaskStatus.PENDING,
+                retry_count=task.retry_count + 1,
+                error_message=reason,
+            ):
+                events.record(
+                    task.experiment_id,
+                    "TASK_RETRIED",
+                    task_id=task.id,
+                    worker_id=worker,
+                    details={"error": reason, "retry": task.retry_count + 1},
+                )
+                log.info(
+                    "task %s failed (%s); retry %s of %s",
+                    task.id,
+                    reason,
+                    task.retry_count + 1,
+                    task.max_retries,
+                )
             return
-        if move_tasks([task.id], TaskStatus.FAILED, error_message=reason,
-                      completed_at=utcnow(), exit_code=exit_code):
-            events.record(task.experiment_id, "TASK_FAILED", task_id=task.id,
-                          worker_id=worker, details={"error": reason, "exit_code": exit_code})
+        if move_tasks(
+            [task.id],
+            TaskStatus.FAILED,
+            error_message=reason,
+            completed_at=utcnow(),
+            exit_code=exit_code,
+        ):
+            events.record(
+                task.experiment_id,
+                "TASK_FAILED",
+                task_id=task.id,
+                worker_id=worker,
+                details={"error": reason, "exit_code": exit_code},
+            )
             if task.cluster:
                 self._count(self.by_name.get(task.cluster), TaskStatus.FAILED)
 
@@ -561,42 +753,50 @@ class Engine:
 
     async def _cancel_requested(self, cluster: ClusterRuntime) -> None:
         """One cancel command per cluster for every attempt a user cancelled."""
-        attempts = list(TaskAttempt.select().where(
-            (TaskAttempt.cluster == cluster.name) & (TaskAttempt.state == "CANCEL_REQUESTED")))
+        attempts = list(
+            TaskAttempt.select().where(
+                (TaskAttempt.cluster == cluster.name) & (TaskAttempt.state == "CANCEL_REQUESTED")
+            )
+        )
         if not attempts:
             return
         ids = sorted({a.native_job_id for a in attempts if a.native_job_id})
         for name in sorted({a.job_name for a in attempts if not a.native_job_id}):
             ids += await self._find_by_name(cluster, name)
         if ids:
-            await cluster.run("cancel", cluster.adapter.cancel_command(ids), self.metrics,
-                              check=False)
+            await cluster.run(
+                "cancel", cluster.adapter.cancel_command(ids), self.metrics, check=False
+            )
             log.info("cluster %s: cancelled %s job(s)", cluster.name, len(ids))
         TaskAttempt.update(state="CANCELLED", completed_at=utcnow()).where(
-            TaskAttempt.id.in_([a.id for a in attempts])
-            & (TaskAttempt.state == "CANCEL_REQUESTED")).execute()
+            TaskAttempt.id.in_([a.id for a in attempts]) & (TaskAttempt.state == "CANCEL_REQUESTED")
+        ).execute()
 
     # -- experiments and recovery ---------------------------------------------------------
 
     def _settle_experiments(self) -> None:
         """SUBMITTED -> RUNNING when a task runs; -> COMPLETED / FAILED when all are final."""
         open_experiments = Experiment.select(Experiment.id, Experiment.status).where(
-            Experiment.status.in_([ExperimentStatus.SUBMITTED, ExperimentStatus.RUNNING]))
+            Experiment.status.in_([ExperimentStatus.SUBMITTED, ExperimentStatus.RUNNING])
+        )
         for experiment in open_experiments:
             counts = task_counts(experiment.id)
             total = sum(counts.values())
             final = sum(n for s, n in counts.items() if TaskStatus(s).is_final)
             if total and final == total:
-                outcome = (ExperimentStatus.COMPLETED
-                           if counts.get(TaskStatus.COMPLETED, 0) == total
-                           else ExperimentStatus.FAILED)
+                outcome = (
+                    ExperimentStatus.COMPLETED
+                    if counts.get(TaskStatus.COMPLETED, 0) == total
+                    else ExperimentStatus.FAILED
+                )
                 if move_experiment(experiment.id, outcome):
-                    events.record(experiment.id, f"EXPERIMENT_{outcome.value}",
-                                  details=dict(counts))
-                    log.info("experiment %s %s (%s)", experiment.id, outcome.value,
-                             dict(counts))
-            elif (experiment.status == ExperimentStatus.SUBMITTED
-                  and (counts.get(TaskStatus.RUNNING) or final)):
+                    events.record(
+                        experiment.id, f"EXPERIMENT_{outcome.value}", details=dict(counts)
+                    )
+                    log.info("experiment %s %s (%s)", experiment.id, outcome.value, dict(counts))
+            elif experiment.status == ExperimentStatus.SUBMITTED and (
+                counts.get(TaskStatus.RUNNING) or final
+            ):
                 move_experiment(experiment.id, ExperimentStatus.RUNNING)
 
     async def reconcile(self) -> None:
@@ -607,65 +807,118 @@ class Engine:
                 await self._submit_assigned(cluster, recovering=True)
             except RemoteCommandError as exc:
                 cluster.mark_unreachable(exc)
-        unknown = [name for name in TaskAttempt.select(TaskAttempt.cluster).distinct()
-                   .where(TaskAttempt.state.in_(("ASSIGNED", *ACTIVE_ATTEMPT))).tuples()
-                   if name[0] not in self.by_name]
+        unknown = [
+            name
+            for name in TaskAttempt.select(TaskAttempt.cluster)
+            .distinct()
+            .where(TaskAttempt.state.in_(("ASSIGNED", *ACTIVE_ATTEMPT)))
+            .tuples()
+            if name[0] not in self.by_name
+        ]
         for (name,) in unknown:
-            log.error("tasks are active on cluster %s, which is no longer configured; they "
-                      "keep their state until it is configured again", name)
+            log.error(
+                "tasks are active on cluster %s, which is no longer configured; they "
+                "keep their state until it is configured again",
+                name,
+            )
 
     # -- health ---------------------------------------------------------------------------
 
     def _record_resources(self) -> None:
         for cluster in self.clusters:
-            (ComputeResource.insert(name=cluster.name, type=cluster.config.type,
-                                    host=getattr(cluster.config, "host", None),
-                                    compute_types=list(cluster.compute_types),
-                                    health=cluster.health, updated_at=utcnow())
-             .on_conflict(conflict_target=[ComputeResource.name],
-                          update={ComputeResource.type: cluster.config.type,
-                                  ComputeResource.host: getattr(cluster.config, "host", None),
-                                  ComputeResource.compute_types: list(cluster.compute_types),
-                                  ComputeResource.updated_at: utcnow()})
-             .execute())
+            (
+                ComputeResource.insert(
+                    name=cluster.name,
+                    type=cluster.config.type,
+                    host=getattr(cluster.config, "host", None),
+                    compute_types=list(cluster.compute_types),
+                    health=cluster.health,
+                    updated_at=utcnow(),
+                )
+                .on_conflict(
+                    conflict_target=[ComputeResource.name],
+                    update={
+                        ComputeResource.type: cluster.config.type,
+                        ComputeResource.host: getattr(cluster.config, "host", None),
+                        ComputeResource.compute_types: list(cluster.compute_types),
+                        ComputeResource.updated_at: utcnow(),
+                    },
+                )
+                .execute()
+            )
 
     def _record_health(self, cluster: ClusterRuntime) -> None:
-        ComputeResource.update(health=cluster.health, health_detail=cluster.last_error,
-                               updated_at=utcnow()).where(
-            ComputeResource.name == cluster.name).execute()
+        ComputeResource.update(
+            health=cluster.health, health_detail=cluster.last_error, updated_at=utcnow()
+        ).where(ComputeResource.name == cluster.name).execute()
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Components for /health/detailed: the engine loop and every cluster."""
         now = time.monotonic()
-        age = (now - self.last_cycle.finished) if self.last_cycle and \
-            self.last_cycle.finished else None
+        age = (
+            (now - self.last_cycle.finished)
+            if self.last_cycle and self.last_cycle.finished
+            else None
+        )
         running = self._task is not None and not self._task.done()
         stale = age is None or age > 10 * self._tick() + 30
-        daemon = {"status": "healthy" if running and not stale else "unhealthy",
-                  "details": {"running": running, "last_cycle_age_sec":
-                              round(age, 2) if age is not None else None,
-                              "failed_cycles": self.cycle_errors}}
-        per_cluster = {c.name: {"type": c.config.type, "status": c.health,
-                                "last_error": c.last_error,
-                                "commands_last_poll": c.last_poll_commands}
-                       for c in self.clusters}
+        daemon = {
+            "status": "healthy" if running and not stale else "unhealthy",
+            "details": {
+                "running": running,
+                "last_cycle_age_sec": round(age, 2) if age is not None else None,
+                "failed_cycles": self.cycle_errors,
+            },
+        }
+        per_cluster = {
+            c.name: {
+                "type": c.config.type,
+                "status": c.health,
+                "last_error": c.last_error,
+                "commands_last_poll": c.last_poll_commands,
+            }
+            for c in self.clusters
+        }
         states = {c.health for c in self.clusters}
-        overall = ("healthy" if states <= {"healthy", "unknown"} else
-                   "unhealthy" if states == {"degraded"} else "degraded")
+        overall = (
+            "healthy"
+            if states <= {"healthy", "unknown"}
+            else "unhealthy"
+            if states == {"degraded"}
+            else "degraded"
+        )
         active = TaskAttempt.select().where(TaskAttempt.state.in_(ACTIVE_ATTEMPT)).count()
         return {
             "scheduler_daemon": daemon,
             "compute_resources": {"status": overall, "details": per_cluster},
-            "workers": {"status": "healthy",
-                        "details": {"active_batch_jobs": active,
-                                    "note": "each task runs as a batch job; no worker pool"}},
+            "workers": {
+                "status": "healthy",
+                "details": {
+                    "active_batch_jobs": active,
+                    "note": "each task runs as a batch job; no worker pool",
+                },
+            },
         }
+
+
+def walltime_seconds(config: ClusterConfig, requirements: dict[str, Any]) -> int:
+    """The time limit a task's job gets: its requirement, capped by the cluster's maximum."""
+    walltime = int(
+        requirements.get("walltime_seconds")
+        or _walltime_from_text(requirements.get("walltime"))
+        or DEFAULT_WALLTIME
+    )
+    if config.max_walltime:
+        walltime = min(walltime, int(config.max_walltime))
+    return walltime
 
 
 def tail_command(paths: list[str], size: int, boundary: str) -> list[str]:
     """One ``sh`` that prints ``boundary path`` then the last ``size`` bytes of each file."""
-    script = ('b=$1; n=$2; shift 2; for f in "$@"; do printf "%s %s\\n" "$b" "$f"; '
-              'tail -c "$n" -- "$f" 2>/dev/null; done')
+    script = (
+        'b=$1; n=$2; shift 2; for f in "$@"; do printf "%s %s\\n" "$b" "$f"; '
+        'tail -c "$n" -- "$f" 2>/dev/null; done'
+    )
     return ["sh", "-c", script, "sh", boundary, str(size), *paths]
 
 
@@ -711,11 +964,3 @@ def _walltime_from_text(text: Any) -> int | None:
     for part in parts:
         seconds = seconds * 60 + part
     return seconds
-
-
-def _read_template(path: Any) -> str | None:
-    if not path:
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
-

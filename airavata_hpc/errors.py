@@ -33,8 +33,9 @@ def bad_request(message: str, **details: Any) -> ApiError:
 
 
 def validation_error(field: str, problem: str) -> ApiError:
-    return ApiError(400, "validation_error", f"{field}: {problem}", {"field": field,
-                                                                    "problem": problem})
+    return ApiError(
+        400, "validation_error", f"{field}: {problem}", {"field": field, "problem": problem}
+    )
 
 
 def not_found(kind: str, ident: str) -> ApiError:

@@ -44,4 +44,4 @@ def record_many(rows: Iterable[dict[str, Any]]) -> None:
         for row in rows
     ]
     for start in range(0, len(batch), 500):
-        TimelineEvent.insert_many(batch[start:start + 500]).execute()
+        TimelineEvent.insert_many(batch[start : start + 500]).execute()

@@ -14,8 +14,8 @@ from typing import Any
 
 import peewee
 
-from airavata_hpc import events
 from airavata_hpc import command_template as scripts
+from airavata_hpc import events
 from airavata_hpc.auth import Principal
 from airavata_hpc.db import database
 from airavata_hpc.errors import ApiError, bad_request, conflict, format_time, not_found
@@ -48,13 +48,25 @@ SORT_FIELDS = {
 }
 # Fields that define what runs; they may change only before the experiment is submitted.
 EXECUTION_FIELDS = (
-    "command_template", "output_pattern", "parameters", "compute_requirements",
-    "data_requirements", "allowed_compute_resources", "denied_compute_resources",
-    "allowed_compute_types", "cost_weights", "deadline",
+    "command_template",
+    "output_pattern",
+    "parameters",
+    "compute_requirements",
+    "data_requirements",
+    "allowed_compute_resources",
+    "denied_compute_resources",
+    "allowed_compute_types",
+    "cost_weights",
+    "deadline",
 )
 JSON_FIELDS = (
-    "compute_requirements", "data_requirements", "allowed_compute_resources",
-    "denied_compute_resources", "allowed_compute_types", "cost_weights", "metadata",
+    "compute_requirements",
+    "data_requirements",
+    "allowed_compute_resources",
+    "denied_compute_resources",
+    "allowed_compute_types",
+    "cost_weights",
+    "metadata",
 )
 
 
@@ -164,8 +176,9 @@ def search(principal: Principal, args: dict[str, str | None]) -> dict[str, Any]:
         if raw is None:
             continue
         moment = _naive_utc(_parse_time_arg(name, raw))
-        where.append(Experiment.created_at >= moment if op == ">=" else
-                     Experiment.created_at <= moment)
+        where.append(
+            Experiment.created_at >= moment if op == ">=" else Experiment.created_at <= moment
+        )
 
     if args.get("parameter_filter"):
         where.append(matching_experiments(parse_filter(args["parameter_filter"])))
@@ -173,10 +186,12 @@ def search(principal: Principal, args: dict[str, str | None]) -> dict[str, Any]:
     if args.get("tags"):
         tags = sorted({tag.strip() for tag in args["tags"].split(",") if tag.strip()})
         if tags:
-            tagged = (ExperimentTag.select(ExperimentTag.experiment)
-                      .where(ExperimentTag.tag.in_(tags))
-                      .group_by(ExperimentTag.experiment)
-                      .having(peewee.fn.COUNT(ExperimentTag.tag) == len(tags)))
+            tagged = (
+                ExperimentTag.select(ExperimentTag.experiment)
+                .where(ExperimentTag.tag.in_(tags))
+                .group_by(ExperimentTag.experiment)
+                .having(peewee.fn.COUNT(ExperimentTag.tag) == len(tags))
+            )
             where.append(Experiment.id.in_(tagged))
 
     sort_by = args.get("sort_by") or "created_at"
@@ -186,8 +201,11 @@ def search(principal: Principal, args: dict[str, str | None]) -> dict[str, Any]:
     if order_name not in ("asc", "desc"):
         raise bad_request("order must be asc or desc", field="order")
     column = SORT_FIELDS[sort_by]
-    order = ([column.asc(), Experiment.id.asc()] if order_name == "asc"
-             else [column.desc(), Experiment.id.desc()])
+    order = (
+        [column.asc(), Experiment.id.asc()]
+        if order_name == "asc"
+        else [column.desc(), Experiment.id.desc()]
+    )
     return _page(where, order, limit, offset)
 
 
@@ -195,8 +213,9 @@ def _parse_time_arg(name: str, raw: str) -> datetime:
     try:
         return parse_datetime(raw)
     except ValueError:
-        raise bad_request(f"{name} must be an ISO 8601 date-time such as 2026-01-31T12:00:00Z",
-                          field=name) from None
+        raise bad_request(
+            f"{name} must be an ISO 8601 date-time such as 2026-01-31T12:00:00Z", field=name
+        ) from None
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -205,15 +224,20 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def _page(where: list[peewee.Expression], order: list[Any], limit: int,
-          offset: int) -> dict[str, Any]:
+def _page(
+    where: list[peewee.Expression], order: list[Any], limit: int, offset: int
+) -> dict[str, Any]:
     condition = where[0]
     for extra in where[1:]:
         condition = condition & extra
     total = Experiment.select().where(condition).count()
     rows = Experiment.select().where(condition).order_by(*order).limit(limit).offset(offset)
-    return {"experiments": [to_json(row) for row in rows], "total": total, "limit": limit,
-            "offset": offset}
+    return {
+        "experiments": [to_json(row) for row in rows],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,10 +266,17 @@ def create(principal: Principal, body: Any) -> Experiment:
         )
         _write_tags(experiment, body.get("metadata"))
         _write_values_and_tasks(experiment, parameter_sets, commands)
-        events.record(experiment.id, "EXPERIMENT_CREATED",
-                      details={"task_count": len(commands), "owner_id": principal.username})
-    log.info("experiment %s created by %s with %s tasks", experiment.id, principal.username,
-             len(commands))
+        events.record(
+            experiment.id,
+            "EXPERIMENT_CREATED",
+            details={"task_count": len(commands), "owner_id": principal.username},
+        )
+    log.info(
+        "experiment %s created by %s with %s tasks",
+        experiment.id,
+        principal.username,
+        len(commands),
+    )
     return experiment
 
 
@@ -262,7 +293,9 @@ def update(principal: Principal, experiment_id: str, body: Any) -> Experiment:
             raise conflict(
                 f"experiment is {experiment.status}: {', '.join(touched)} can change only "
                 "before it is submitted; derive a new experiment instead",
-                current_status=experiment.status, fields=touched)
+                current_status=experiment.status,
+                fields=touched,
+            )
 
         for name in ("name", "description", "command_template", "output_pattern", *JSON_FIELDS):
             if name in body:
@@ -294,7 +327,9 @@ def delete(principal: Principal, experiment_id: str) -> None:
         if experiment.status in (ExperimentStatus.SUBMITTED, ExperimentStatus.RUNNING):
             raise conflict(
                 f"experiment is {experiment.status}: cancel it before deleting it, so that no "
-                "job is left running on a cluster", current_status=experiment.status)
+                "job is left running on a cluster",
+                current_status=experiment.status,
+            )
         experiment.delete_instance(recursive=False)
     log.info("experiment %s deleted by %s", experiment_id, principal.username)
 
@@ -305,7 +340,8 @@ def submit(principal: Principal, experiment_id: str) -> Experiment:
         experiment = _locked(principal, experiment_id)
         _transition(experiment, ExperimentStatus.SUBMITTED)
         Task.update(status=TaskStatus.PENDING, updated_at=utcnow()).where(
-            (Task.experiment == experiment) & (Task.status == TaskStatus.CREATED)).execute()
+            (Task.experiment == experiment) & (Task.status == TaskStatus.CREATED)
+        ).execute()
         events.record(experiment.id, "EXPERIMENT_SUBMITTED")
     log.info("experiment %s submitted by %s", experiment.id, principal.username)
     return experiment
@@ -322,13 +358,16 @@ def cancel(principal: Principal, experiment_id: str) -> Experiment:
         _transition(experiment, ExperimentStatus.CANCELLED)
         unfinished = [status.value for status in TaskStatus if not status.is_final]
         active = [status.value for status in TaskStatus if status.is_active]
-        tasks = Task.select(Task.id).where((Task.experiment == experiment)
-                                           & Task.status.in_(active))
+        tasks = Task.select(Task.id).where(
+            (Task.experiment == experiment) & Task.status.in_(active)
+        )
         TaskAttempt.update(state="CANCEL_REQUESTED").where(
-            TaskAttempt.task.in_(tasks) & TaskAttempt.state.in_(active)).execute()
+            TaskAttempt.task.in_(tasks) & TaskAttempt.state.in_(active)
+        ).execute()
         now = utcnow()
         Task.update(status=TaskStatus.CANCELLED, completed_at=now, updated_at=now).where(
-            (Task.experiment == experiment) & Task.status.in_(unfinished)).execute()
+            (Task.experiment == experiment) & Task.status.in_(unfinished)
+        ).execute()
         events.record(experiment.id, "EXPERIMENT_CANCELLED", details={"by": principal.username})
     log.info("experiment %s cancelled by %s", experiment.id, principal.username)
     return experiment
@@ -352,7 +391,8 @@ def _transition(experiment: Experiment, requested: ExperimentStatus) -> None:
         check_experiment_transition(experiment.status, requested)
     except IllegalTransition as exc:
         raise ApiError(
-            400, "invalid_state_transition",
+            400,
+            "invalid_state_transition",
             f"experiment is {exc.current} and cannot become {exc.requested}",
             {"current_status": exc.current, "requested_status": exc.requested},
         ) from None
@@ -366,18 +406,24 @@ def _check_semantics(body: dict[str, Any]) -> None:
     seen: set[str] = set()
     for index, parameter_set in enumerate(body.get("parameters") or []):
         if parameter_set["id"] in seen:
-            raise ApiError(400, "validation_error",
-                           f"parameters[{index}].id: duplicate parameter set id "
-                           f"{parameter_set['id']!r}",
-                           {"field": f"parameters[{index}].id", "problem": "duplicate id"})
+            raise ApiError(
+                400,
+                "validation_error",
+                f"parameters[{index}].id: duplicate parameter set id {parameter_set['id']!r}",
+                {"field": f"parameters[{index}].id", "problem": "duplicate id"},
+            )
         seen.add(parameter_set["id"])
 
     tags = (body.get("metadata") or {}).get("tags")
-    if tags is not None and (not isinstance(tags, list)
-                             or not all(isinstance(tag, str) and tag for tag in tags)):
-        raise ApiError(400, "validation_error",
-                       "metadata.tags: must be a list of non-empty strings",
-                       {"field": "metadata.tags", "problem": "must be a list of strings"})
+    if tags is not None and (
+        not isinstance(tags, list) or not all(isinstance(tag, str) and tag for tag in tags)
+    ):
+        raise ApiError(
+            400,
+            "validation_error",
+            "metadata.tags: must be a list of non-empty strings",
+            {"field": "metadata.tags", "problem": "must be a list of strings"},
+        )
     _max_retries(body)
 
 
@@ -386,10 +432,15 @@ def _max_retries(body: dict[str, Any]) -> int:
     sent again."""
     value = (body.get("compute_requirements") or {}).get("max_retries", 0)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10:
-        raise ApiError(400, "validation_error",
-                       "compute_requirements.max_retries: must be an integer from 0 to 10",
-                       {"field": "compute_requirements.max_retries",
-                        "problem": "must be an integer from 0 to 10"})
+        raise ApiError(
+            400,
+            "validation_error",
+            "compute_requirements.max_retries: must be an integer from 0 to 10",
+            {
+                "field": "compute_requirements.max_retries",
+                "problem": "must be an integer from 0 to 10",
+            },
+        )
     return value
 
 
@@ -404,8 +455,12 @@ def _render_commands(template: str, parameter_sets: list[dict[str, Any]]) -> lis
     try:
         placeholders = scripts.template_placeholders(template)
     except scripts.TemplateError as exc:
-        raise ApiError(400, "validation_error", f"command_template: {exc}",
-                       {"field": "command_template", "problem": str(exc)}) from None
+        raise ApiError(
+            400,
+            "validation_error",
+            f"command_template: {exc}",
+            {"field": "command_template", "problem": str(exc)},
+        ) from None
 
     sets = parameter_sets or [{"id": "default", "values": {}}]
     commands = []
@@ -413,15 +468,21 @@ def _render_commands(template: str, parameter_sets: list[dict[str, Any]]) -> lis
         missing = sorted(placeholders - parameter_set["values"].keys())
         if missing:
             raise ApiError(
-                400, "validation_error",
+                400,
+                "validation_error",
                 f"parameters[{index}] ({parameter_set['id']!r}) has no value for "
                 f"placeholder(s) {', '.join(missing)} used in command_template",
-                {"field": f"parameters[{index}].values", "missing": missing})
+                {"field": f"parameters[{index}].values", "missing": missing},
+            )
         try:
             commands.append(scripts.render_command(template, parameter_set["values"]))
         except scripts.TemplateError as exc:
-            raise ApiError(400, "validation_error", f"command_template: {exc}",
-                           {"field": "command_template", "problem": str(exc)}) from None
+            raise ApiError(
+                400,
+                "validation_error",
+                f"command_template: {exc}",
+                {"field": "command_template", "problem": str(exc)},
+            ) from None
     return commands
 
 
@@ -429,24 +490,39 @@ def _write_tags(experiment: Experiment, metadata: dict[str, Any] | None) -> None
     tags = sorted(set((metadata or {}).get("tags") or []))
     if tags:
         ExperimentTag.insert_many(
-            [{"experiment": experiment.id, "tag": tag} for tag in tags]).execute()
+            [{"experiment": experiment.id, "tag": tag} for tag in tags]
+        ).execute()
 
 
-def _write_values_and_tasks(experiment: Experiment, parameter_sets: list[dict[str, Any]],
-                            commands: list[str]) -> None:
+def _write_values_and_tasks(
+    experiment: Experiment, parameter_sets: list[dict[str, Any]], commands: list[str]
+) -> None:
     values = [
-        {"experiment": experiment.id, "set_index": index, "name": name, "text_value": text,
-         "num_value": as_number(text)}
+        {
+            "experiment": experiment.id,
+            "set_index": index,
+            "name": name,
+            "text_value": text,
+            "num_value": as_number(text),
+        }
         for index, parameter_set in enumerate(parameter_sets)
         for name, text in parameter_set["values"].items()
     ]
     now = utcnow()
     set_ids = [parameter_set["id"] for parameter_set in parameter_sets] or ["default"]
     tasks = [
-        {"id": new_id(), "experiment": experiment.id, "set_index": index,
-         "parameter_set_id": set_id, "name": f"{experiment.name}:{set_id}"[:255],
-         "command": command, "status": TaskStatus.CREATED.value,
-         "max_retries": experiment.max_retries, "created_at": now, "updated_at": now}
+        {
+            "id": new_id(),
+            "experiment": experiment.id,
+            "set_index": index,
+            "parameter_set_id": set_id,
+            "name": f"{experiment.name}:{set_id}"[:255],
+            "command": command,
+            "status": TaskStatus.CREATED.value,
+            "max_retries": experiment.max_retries,
+            "created_at": now,
+            "updated_at": now,
+        }
         for index, (set_id, command) in enumerate(zip(set_ids, commands, strict=True))
     ]
     _insert_in_batches(ParameterValue, values)
@@ -456,7 +532,7 @@ def _write_values_and_tasks(experiment: Experiment, parameter_sets: list[dict[st
 def _insert_in_batches(model: type[peewee.Model], rows: list[dict[str, Any]]) -> None:
     # SQLite caps bound variables per statement (32766 since 3.32); 200 rows stay well under.
     for start in range(0, len(rows), 200):
-        model.insert_many(rows[start:start + 200]).execute()
+        model.insert_many(rows[start : start + 200]).execute()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,19 +563,25 @@ def derive(principal: Principal, experiment_id: str, body: Any) -> dict[str, Any
     source_sets = source.parameters or []
     sets = [
         {**source_sets[index], "values": {**source_sets[index]["values"], **modifications}}
-        for index in chosen if index < len(source_sets)
+        for index in chosen
+        if index < len(source_sets)
     ]
     warnings = []
     if not source_sets and chosen:
         warnings.append("the source experiment has no parameter sets; its command runs once")
     if not chosen:
-        raise ApiError(400, "validation_error",
-                       f"task_filter {task_filter!r} selects no task of experiment {source.id}",
-                       {"field": "task_filter", "problem": "selects no task"})
+        raise ApiError(
+            400,
+            "validation_error",
+            f"task_filter {task_filter!r} selects no task of experiment {source.id}",
+            {"field": "task_filter", "problem": "selects no task"},
+        )
     unknown = sorted(set(modifications) - {name for s in source_sets for name in s["values"]})
     if unknown:
-        warnings.append("parameter_modifications adds parameter(s) the source did not have: "
-                        + ", ".join(unknown))
+        warnings.append(
+            "parameter_modifications adds parameter(s) the source did not have: "
+            + ", ".join(unknown)
+        )
 
     new_body: dict[str, Any] = {
         "name": body["new_experiment_name"],
@@ -512,8 +594,11 @@ def derive(principal: Principal, experiment_id: str, body: Any) -> dict[str, Any
         if getattr(source, name) is not None:
             new_body[name] = getattr(source, name)
     if options.get("preserve_compute_resources", True):
-        for name in ("allowed_compute_resources", "denied_compute_resources",
-                     "allowed_compute_types"):
+        for name in (
+            "allowed_compute_resources",
+            "denied_compute_resources",
+            "allowed_compute_types",
+        ):
             if getattr(source, name) is not None:
                 new_body[name] = getattr(source, name)
     if options.get("preserve_data_requirements", True) and source.data_requirements is not None:

@@ -24,12 +24,18 @@ def database_health() -> dict[str, Any]:
             database.obj.close()
         except Exception:  # noqa: S110 - closing a broken connection may fail as well
             pass
-        return {"status": UNHEALTHY, "latency_ms": _ms(started),
-                "details": {"error": f"{type(exc).__name__}: {exc}".strip()}}
+        return {
+            "status": UNHEALTHY,
+            "latency_ms": _ms(started),
+            "details": {"error": f"{type(exc).__name__}: {exc}".strip()},
+        }
     latency = _ms(started)
     status = HEALTHY if latency < 100 else DEGRADED if latency < 500 else UNHEALTHY
-    return {"status": status, "latency_ms": latency,
-            "details": {"engine": type(database.obj).__name__}}
+    return {
+        "status": status,
+        "latency_ms": latency,
+        "details": {"engine": type(database.obj).__name__},
+    }
 
 
 def roll_up(components: dict[str, dict[str, Any]]) -> str:

@@ -50,9 +50,13 @@ def migrate() -> tuple[int, int]:
         with db.atomic():
             MIGRATIONS[version - 1](db)
             db.create_tables([models.Setting], safe=True)
-            (models.Setting.insert(key="schema_version", value=str(version))
-             .on_conflict(conflict_target=[models.Setting.key],
-                          update={models.Setting.value: str(version)})
-             .execute())
+            (
+                models.Setting.insert(key="schema_version", value=str(version))
+                .on_conflict(
+                    conflict_target=[models.Setting.key],
+                    update={models.Setting.value: str(version)},
+                )
+                .execute()
+            )
         log.info("applied schema migration %s", version)
     return before, SCHEMA_VERSION

@@ -23,15 +23,17 @@ def eligible(experiment: Any, clusters: Sequence[PlaceableCluster]) -> list[Plac
     denied = set(experiment.denied_compute_resources or [])
     types = set(experiment.allowed_compute_types or [])
     return [
-        cluster for cluster in clusters
+        cluster
+        for cluster in clusters
         if (not allowed or cluster.name in allowed)
         and cluster.name not in denied
         and (not types or types & set(cluster.compute_types))
     ]
 
 
-def choose_cluster(experiment: Any,
-                   clusters: Sequence[PlaceableCluster]) -> PlaceableCluster | None:
+def choose_cluster(
+    experiment: Any, clusters: Sequence[PlaceableCluster]
+) -> PlaceableCluster | None:
     """The cluster for the experiment's pending tasks, or None when none is allowed."""
     candidates = eligible(experiment, clusters)
     return candidates[0] if candidates else None

@@ -58,6 +58,13 @@ ERROR_OUTPUT_LIMIT = 500
 _NOT_TRANSIENT_EXITS = frozenset({126, 127})
 #: SFTP requests kept in flight per transfer batch.
 _SFTP_PARALLEL = 32
+#: asyncssh errors that mean the connection went away (as opposed to an error reply).
+_LOST = (
+    asyncssh.ConnectionLost,
+    asyncssh.DisconnectError,
+    asyncssh.SFTPConnectionLost,
+    asyncssh.SFTPNoConnection,
+)
 
 
 def _truncate(text: str, limit: int = ERROR_OUTPUT_LIMIT) -> str:
@@ -590,7 +597,19 @@ class SSHRunner:
                     delay,
                 )
                 await asyncio.sleep(delay)
-            except (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError) as exc:
+            except (asyncssh.Error, ConnectionError) as exc:
+                lost = isinstance(exc, _LOST) or conn.is_closed()
+                if not lost:
+                    # The server answered with an error (an SFTP permission problem, say).
+                    raise RemoteCommandError(
+                        what,
+                        None,
+                        "",
+                        str(exc),
+                        transient=False,
+                        problem=f"{type(exc).__name__}: {exc}",
+                        cluster=self.cluster,
+                    ) from exc
                 self._drop(conn, f"{type(exc).__name__}: {exc}")
                 self._lost_commands += 1
                 losses += 1

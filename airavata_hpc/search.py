@@ -56,8 +56,12 @@ class FilterError(ApiError):
             400,
             "invalid_parameter_filter",
             f"parameter_filter: {problem} in clause {clause!r} (at character {position + 1})",
-            {"field": "parameter_filter", "clause": clause, "position": position + 1,
-             "problem": problem},
+            {
+                "field": "parameter_filter",
+                "clause": clause,
+                "position": position + 1,
+                "problem": problem,
+            },
         )
 
 
@@ -108,13 +112,14 @@ def _parse_clause(raw: str, offset: int) -> Clause:
         raise FilterError(body, offset, "a clause must start with a parameter name")
     name = name_match.group()
 
-    rest = body[name_match.end():].lstrip()
+    rest = body[name_match.end() :].lstrip()
     op = next((candidate for candidate in OPERATORS if rest.startswith(candidate)), None)
     if op is None:
-        raise FilterError(body, offset, "expected one of " + " ".join(OPERATORS) + " after "
-                          f"{name!r}")
+        raise FilterError(
+            body, offset, "expected one of " + " ".join(OPERATORS) + f" after {name!r}"
+        )
 
-    value = rest[len(op):].strip()
+    value = rest[len(op) :].strip()
     if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:
         value = value[1:-1]
     elif not value:
@@ -122,8 +127,11 @@ def _parse_clause(raw: str, offset: int) -> Clause:
     elif any(char in value for char in " '\""):
         raise FilterError(body, offset, "quote a value that holds spaces or quotes")
     elif value[0] in "<>=!":
-        raise FilterError(body, offset, f"unexpected operator after {op!r}; quote a value that "
-                          "starts with one of < > = !")
+        raise FilterError(
+            body,
+            offset,
+            f"unexpected operator after {op!r}; quote a value that starts with one of < > = !",
+        )
     return Clause(name, op, value)
 
 
@@ -156,7 +164,8 @@ def matching_experiments(clauses: list[Clause]) -> peewee.Expression:
         other = ParameterValue.alias(f"pv{number}")
         same_set = (other.experiment == first.experiment) & (other.set_index == first.set_index)
         query = query.where(
-            peewee.fn.EXISTS(other.select(peewee.SQL("1")).where(
-                same_set & _clause_condition(other, clause)))
+            peewee.fn.EXISTS(
+                other.select(peewee.SQL("1")).where(same_set & _clause_condition(other, clause))
+            )
         )
     return Experiment.id.in_(query)

@@ -32,8 +32,10 @@ async def serve(settings: Settings, host: str = "127.0.0.1", with_engine: bool =
     """Run until SIGINT or SIGTERM."""
     context = prepare(settings)
     if not settings.auth_enabled:
-        log.warning("AUTHENTICATION IS DISABLED (--no-auth): every caller is an admin; never "
-                    "run this way on a network others can reach")
+        log.warning(
+            "AUTHENTICATION IS DISABLED (--no-auth): every caller is an admin; never "
+            "run this way on a network others can reach"
+        )
     if with_engine:
         from airavata_hpc.engine import Engine
 
@@ -42,8 +44,13 @@ async def serve(settings: Settings, host: str = "127.0.0.1", with_engine: bool =
 
     server = tornado.httpserver.HTTPServer(make_app(context), xheaders=True)
     server.listen(settings.port, address=host)
-    log.info("airavata-hpc %s listening on http://%s:%s/api/v1 (database %s)", context.version,
-             host, settings.port, describe(settings.database_url))
+    log.info(
+        "airavata-hpc %s listening on http://%s:%s/api/v1 (database %s)",
+        context.version,
+        host,
+        settings.port,
+        describe(settings.database_url),
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -56,8 +56,12 @@ def load_settings(
     work_dir = server.get("work_dir")
     return Settings(
         port=resolved_port,
-        database_url=(database_url or os.environ.get("AIRAVATA_DATABASE_URL")
-                      or server.get("database_url") or DEFAULT_DATABASE_URL),
+        database_url=(
+            database_url
+            or os.environ.get("AIRAVATA_DATABASE_URL")
+            or server.get("database_url")
+            or DEFAULT_DATABASE_URL
+        ),
         config_dir=directory,
         jwt_secret=server.get("jwt_secret"),
         auth_enabled=auth_enabled,
@@ -77,6 +81,8 @@ def _read_server_yaml(directory: Path) -> dict[str, Any]:
         raise SettingsError(f"{path}: must be a mapping of settings")
     unknown = sorted(set(data) - SERVER_KEYS)
     if unknown:
-        raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: "
-                            + ", ".join(sorted(SERVER_KEYS)))
+        raise SettingsError(
+            f"{path}: unknown setting(s) {', '.join(unknown)}; known: "
+            + ", ".join(sorted(SERVER_KEYS))
+        )
     return data

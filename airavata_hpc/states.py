@@ -54,13 +54,21 @@ class TaskStatus(StrEnum):
     @property
     def is_active(self) -> bool:
         """True while a batch job may exist for the task on some cluster."""
-        return self in (TaskStatus.ASSIGNED, TaskStatus.QUEUED, TaskStatus.STAGING,
-                        TaskStatus.RUNNING)
+        return self in (
+            TaskStatus.ASSIGNED,
+            TaskStatus.QUEUED,
+            TaskStatus.STAGING,
+            TaskStatus.RUNNING,
+        )
 
 
 _FINAL_EXPERIMENT = frozenset(
-    {ExperimentStatus.COMPLETED, ExperimentStatus.FAILED, ExperimentStatus.CANCELLED,
-     ExperimentStatus.ARCHIVED}
+    {
+        ExperimentStatus.COMPLETED,
+        ExperimentStatus.FAILED,
+        ExperimentStatus.CANCELLED,
+        ExperimentStatus.ARCHIVED,
+    }
 )
 _FINAL_TASK = frozenset(
     {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.ARCHIVED}
@@ -83,8 +91,9 @@ EXPERIMENT_TRANSITIONS: dict[ExperimentStatus, frozenset[ExperimentStatus]] = {
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     T.CREATED: frozenset({T.PENDING, T.CANCELLED}),
     T.PENDING: frozenset({T.ASSIGNED, T.FAILED, T.CANCELLED}),
-    T.ASSIGNED: frozenset({T.QUEUED, T.RUNNING, T.STAGING, T.COMPLETED, T.FAILED,
-                           T.CANCELLED, T.PENDING}),
+    T.ASSIGNED: frozenset(
+        {T.QUEUED, T.RUNNING, T.STAGING, T.COMPLETED, T.FAILED, T.CANCELLED, T.PENDING}
+    ),
     T.QUEUED: frozenset({T.STAGING, T.RUNNING, T.COMPLETED, T.FAILED, T.CANCELLED, T.PENDING}),
     T.STAGING: frozenset({T.RUNNING, T.COMPLETED, T.FAILED, T.CANCELLED, T.PENDING}),
     T.RUNNING: frozenset({T.STAGING, T.COMPLETED, T.FAILED, T.CANCELLED, T.PENDING}),

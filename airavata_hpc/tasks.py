@@ -52,8 +52,11 @@ def to_json(task: Task, attempts: list[TaskAttempt], values: dict[str, str]) -> 
         "status": task.status,
         "retry_count": task.retry_count,
         "max_retries": task.max_retries,
-        "metadata": {**(task.metadata or {}), "parameter_set_id": task.parameter_set_id,
-                     "parameters": values},
+        "metadata": {
+            **(task.metadata or {}),
+            "parameter_set_id": task.parameter_set_id,
+            "parameters": values,
+        },
         "worker_assignment_history": [attempt_json(attempt) for attempt in attempts],
         "created_at": format_time(task.created_at),
         "updated_at": format_time(task.updated_at),
@@ -76,8 +79,11 @@ def to_json(task: Task, attempts: list[TaskAttempt], values: dict[str, str]) -> 
 def _attempts_by_task(task_ids: list[str]) -> dict[str, list[TaskAttempt]]:
     grouped: dict[str, list[TaskAttempt]] = {task_id: [] for task_id in task_ids}
     if task_ids:
-        rows = (TaskAttempt.select().where(TaskAttempt.task.in_(task_ids))
-                .order_by(TaskAttempt.task, TaskAttempt.number))
+        rows = (
+            TaskAttempt.select()
+            .where(TaskAttempt.task.in_(task_ids))
+            .order_by(TaskAttempt.task, TaskAttempt.number)
+        )
         for attempt in rows:
             grouped[attempt.task_id].append(attempt)
     return grouped
@@ -88,8 +94,9 @@ def set_values(experiment: Experiment, set_index: int) -> dict[str, str]:
     return sets[set_index]["values"] if set_index < len(sets) else {}
 
 
-def list_tasks(principal: Principal, experiment_id: str,
-               args: dict[str, str | None]) -> dict[str, Any]:
+def list_tasks(
+    principal: Principal, experiment_id: str, args: dict[str, str | None]
+) -> dict[str, Any]:
     """``GET /experiments/{id}/tasks``: paginated in parameter-set order, filterable by status."""
     experiment = get_experiment(principal, experiment_id)
     limit, offset = parse_paging(args.get("limit"), args.get("offset"))
@@ -100,12 +107,13 @@ def list_tasks(principal: Principal, experiment_id: str,
             raise bad_request("status must be one of " + ", ".join(TaskStatus), field="status")
         condition &= Task.status == status
     total = Task.select().where(condition).count()
-    rows = list(Task.select().where(condition).order_by(Task.set_index).limit(limit)
-                .offset(offset))
+    rows = list(Task.select().where(condition).order_by(Task.set_index).limit(limit).offset(offset))
     attempts = _attempts_by_task([task.id for task in rows])
     return {
-        "tasks": [to_json(task, attempts[task.id], set_values(experiment, task.set_index))
-                  for task in rows],
+        "tasks": [
+            to_json(task, attempts[task.id], set_values(experiment, task.set_index))
+            for task in rows
+        ],
         "total": total,
         "limit": limit,
         "offset": offset,
@@ -114,8 +122,7 @@ def list_tasks(principal: Principal, experiment_id: str,
 
 def get(principal: Principal, task_id: str) -> tuple[Task, Experiment]:
     """The task and its experiment, or a 404 when it is unknown or someone else's."""
-    row = (Task.select(Task, Experiment).join(Experiment)
-           .where(Task.id == task_id).first())
+    row = Task.select(Task, Experiment).join(Experiment).where(Task.id == task_id).first()
     if row is None or not (principal.is_admin or row.experiment.owner_id == principal.username):
         raise not_found("task", task_id)
     return row, row.experiment

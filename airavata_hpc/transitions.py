@@ -33,22 +33,34 @@ def move_tasks(task_ids: Iterable[str], status: TaskStatus, **fields: Any) -> in
     moved = 0
     values = {"status": status.value, "updated_at": utcnow(), **fields}
     for start in range(0, len(ids), 500):
-        moved += Task.update(values).where(
-            Task.id.in_(ids[start:start + 500]) & Task.status.in_(task_predecessors(status))
-        ).execute()
+        moved += (
+            Task.update(values)
+            .where(
+                Task.id.in_(ids[start : start + 500]) & Task.status.in_(task_predecessors(status))
+            )
+            .execute()
+        )
     return moved
 
 
 def move_experiment(experiment_id: str, status: ExperimentStatus) -> bool:
     """Move one experiment if the machine allows it from its current status."""
-    sources = [source.value for source, targets in EXPERIMENT_TRANSITIONS.items()
-               if status in targets]
-    return bool(Experiment.update(status=status.value, updated_at=utcnow()).where(
-        (Experiment.id == experiment_id) & Experiment.status.in_(sources)).execute())
+    sources = [
+        source.value for source, targets in EXPERIMENT_TRANSITIONS.items() if status in targets
+    ]
+    return bool(
+        Experiment.update(status=status.value, updated_at=utcnow())
+        .where((Experiment.id == experiment_id) & Experiment.status.in_(sources))
+        .execute()
+    )
 
 
 def task_counts(experiment_id: str) -> dict[str, int]:
     """How many of the experiment's tasks are in each status (absent statuses left out)."""
-    rows = (Task.select(Task.status, peewee.fn.COUNT(Task.id))
-            .where(Task.experiment == experiment_id).group_by(Task.status).tuples())
+    rows = (
+        Task.select(Task.status, peewee.fn.COUNT(Task.id))
+        .where(Task.experiment == experiment_id)
+        .group_by(Task.status)
+        .tuples()
+    )
     return {status: count for status, count in rows}

@@ -6,10 +6,11 @@ import os
 
 import peewee
 import pytest
-from support import POSTGRES_BASE, LiveServer
 
 from airavata_hpc.db import database
 from airavata_hpc.settings import Settings
+
+from support import POSTGRES_BASE, LiveServer
 
 pytest_plugins = ["lab_fixtures"]
 

@@ -19,6 +19,8 @@ The module needs nothing beyond the standard library; see ``tests/lab/README.md`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -28,7 +30,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 LAB_USER = "hpcuser"
@@ -456,22 +458,35 @@ class SSHServer:
     def _authorize(self) -> None:
         path = self._authorized_keys()
         _mkdir(path.parent, self.user, 0o700)
-        lines = path.read_text().splitlines() if path.exists() else []
         line = self._our_key_line()
-        if line not in lines:
-            lines.append(line)
-            path.write_text("\n".join(lines) + "\n")
-        _chown(path, self.user)
-        path.chmod(0o600)
+        with _authorized_keys_lock():
+            lines = path.read_text().splitlines() if path.exists() else []
+            if line not in lines:
+                lines.append(line)
+                path.write_text("\n".join(lines) + "\n")
+            _chown(path, self.user)
+            path.chmod(0o600)
 
     def _unauthorize(self) -> None:
         path = self._authorized_keys()
         if not path.exists() or not self.key_file.with_suffix(".pub").exists():
             return
         line = self._our_key_line()
-        lines = path.read_text().splitlines()
-        if line in lines:
-            path.write_text("".join(f"{x}\n" for x in lines if x != line))
+        with _authorized_keys_lock():
+            lines = path.read_text().splitlines()
+            if line in lines:
+                path.write_text("".join(f"{x}\n" for x in lines if x != line))
+
+
+@contextlib.contextmanager
+def _authorized_keys_lock() -> Iterator[None]:
+    """Serialise edits of hpcuser's authorized_keys between labs running at the same time."""
+    fd = os.open("/run/airavata-lab-authorized-keys.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- Slurm

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from airavata_hpc.adapters import (
     AdapterError,
     BatchJob,
@@ -25,7 +26,6 @@ from airavata_hpc.adapters.local import MARKER
 from airavata_hpc.adapters.pbs import PBSAdapter
 from airavata_hpc.adapters.sge import SGEAdapter
 from airavata_hpc.adapters.slurm import STATE_MAP as SLURM_STATES
-
 from airavata_hpc.states import TaskStatus
 
 CAPTURED = Path(__file__).parent / "data" / "captured"
@@ -291,9 +291,23 @@ def test_torque_argv():
         "/s/w/pbs.err",
         "/s/w/a.sh",
     ]
-    assert torque.status_command(["16", "16", "17"]) == ["qstat", "-f", "16", "17"]
+    status = torque.status_command(["16", "16", "17"])
+    assert status[:2] == ["sh", "-c"] and status[3:] == ["airavata-hpc-status", "16", "17"]
+    assert 'exec qstat -f "$@"' in status[2] and "--format=%i|%T|%r" in status[2]
     assert torque.element_job_ids("16", job(2)) == {0: "16[0]", 1: "16[1]"}
-    assert torque.find_jobs_by_name_command("x") == ["qstat", "-f"]
+    assert torque.find_jobs_by_name_command("x")[3:] == ["airavata-hpc-find", "x"]
+
+
+def test_torque_wrappers_answer_through_squeue_with_pbs_style_ids():
+    """Where qstat is Slurm's wrapper, squeue answers; 2_1 becomes 2[1], 10_[2-5%2] four ids."""
+    torque = get_adapter("pbs", flavor="torque")
+    found = torque.parse_status_output(captured("slurm-squeue-format.txt"))
+    assert found["2[0]"].status is T.COMPLETED
+    assert found["2[1]"].status is T.FAILED and found["2[1]"].reason == "NonZeroExitCode"
+    assert [found[f"10[{i}]"].status for i in range(6)] == [T.RUNNING] * 2 + [T.QUEUED] * 4
+    assert found["16"].status is T.RUNNING and found["16"].native_state == "RUNNING"
+    assert "2_1" not in found
+    assert torque.parse_find_jobs_output("40|ah-1\n40|ah-1\n", "ah-1") == ["40"]
 
 
 # ---------------------------------------------------------------------------- PBS Pro

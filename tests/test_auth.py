@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
-from support import Client, LiveServer, assert_error, experiment_body
 
 from airavata_hpc.admin_cli import main
 from airavata_hpc.settings import Settings
+
+from support import Client, LiveServer, assert_error, experiment_body
 
 
 def test_requests_without_valid_credentials_are_401(server):
@@ -22,8 +23,9 @@ def test_requests_without_valid_credentials_are_401(server):
     basic = Client(server.api, {"Authorization": "Basic YTpi"})
     assert "Bearer" in assert_error(basic.get("/experiments"), 401)["message"]
 
-    expired = Client(server.api, {"Authorization": "Bearer "
-                                  + server.token("alice", ttl=timedelta(seconds=-5))})
+    expired = Client(
+        server.api, {"Authorization": "Bearer " + server.token("alice", ttl=timedelta(seconds=-5))}
+    )
     assert "expired" in assert_error(expired.get("/experiments"), 401)["message"]
 
     wrong_key = Client(server.api, {"X-API-Key": "ahk_nope"})
@@ -32,30 +34,38 @@ def test_requests_without_valid_credentials_are_401(server):
 
 def test_probes_need_no_credentials(server):
     anonymous = Client(server.url)
-    for path in ("/health", "/health/detailed", "/metrics", "/api/v1/health",
-                 "/api/v1/openapi.yaml"):
+    for path in (
+        "/health",
+        "/health/detailed",
+        "/metrics",
+        "/api/v1/health",
+        "/api/v1/openapi.yaml",
+    ):
         assert anonymous.get(path).status_code == 200, path
     assert_error(anonymous.get("/api/worker-binary"), 404)
 
 
 def test_cli_token_and_api_key_are_accepted_by_the_server(server, database_url):
     runner = CliRunner()
-    made = runner.invoke(main, ["token", "create", "--user", "carol", "--ttl", "1h",
-                                "--database", database_url])
+    made = runner.invoke(
+        main, ["token", "create", "--user", "carol", "--ttl", "1h", "--database", database_url]
+    )
     assert made.exit_code == 0, made.output
     carol = Client(server.api, {"Authorization": f"Bearer {made.output.strip()}"})
     created = carol.post("/experiments", json=experiment_body())
     assert created.status_code == 201 and created.json()["owner_id"] == "carol"
 
-    key = runner.invoke(main, ["api-key", "create", "--user", "dave"],
-                        env={"AIRAVATA_DATABASE_URL": database_url})
+    key = runner.invoke(
+        main, ["api-key", "create", "--user", "dave"], env={"AIRAVATA_DATABASE_URL": database_url}
+    )
     assert key.exit_code == 0, key.output
     dave = Client(server.api, {"X-API-Key": key.output.strip()})
     assert dave.get("/experiments").json()["total"] == 0
     assert_error(dave.get(f"/experiments/{created.json()['id']}"), 404)
 
-    admin = runner.invoke(main, ["token", "create", "--user", "eve", "--admin",
-                                 "--database", database_url])
+    admin = runner.invoke(
+        main, ["token", "create", "--user", "eve", "--admin", "--database", database_url]
+    )
     eve = Client(server.api, {"Authorization": f"Bearer {admin.output.strip()}"})
     assert eve.get(f"/experiments/{created.json()['id']}").status_code == 200
 
@@ -65,8 +75,11 @@ def test_secret_from_the_environment_wins(sqlite_url, monkeypatch):
     live = LiveServer(Settings(port=0, database_url=sqlite_url)).start()
     try:
         assert live.context.jwt_secret == "s3cret-from-the-environment-0123456789"
-        token = CliRunner().invoke(main, ["token", "create", "--user", "x",
-                                          "--database", sqlite_url]).output.strip()
+        token = (
+            CliRunner()
+            .invoke(main, ["token", "create", "--user", "x", "--database", sqlite_url])
+            .output.strip()
+        )
         ok = Client(live.api, {"Authorization": f"Bearer {token}"}).get("/experiments")
         assert ok.status_code == 200
     finally:
@@ -86,8 +99,11 @@ def test_no_auth_mode_is_explicit_and_announced(sqlite_url, caplog):
         live.stop()
 
     async def start_and_stop():
-        task = asyncio.create_task(server_module.serve(
-            Settings(port=0, database_url=sqlite_url, auth_enabled=False), with_engine=False))
+        task = asyncio.create_task(
+            server_module.serve(
+                Settings(port=0, database_url=sqlite_url, auth_enabled=False), with_engine=False
+            )
+        )
         while "AUTHENTICATION IS DISABLED" not in caplog.text and not task.done():
             await asyncio.sleep(0.01)
         task.cancel()
@@ -99,8 +115,9 @@ def test_no_auth_mode_is_explicit_and_announced(sqlite_url, caplog):
 
 @pytest.mark.parametrize("ttl", ["0", "-1h", "soon"])
 def test_bad_ttl_is_a_clear_cli_error(sqlite_url, ttl):
-    result = CliRunner().invoke(main, ["token", "create", "--user", "x", "--ttl", ttl,
-                                       "--database", sqlite_url])
+    result = CliRunner().invoke(
+        main, ["token", "create", "--user", "x", "--ttl", ttl, "--database", sqlite_url]
+    )
     assert result.exit_code != 0 and "Error" in result.output
 
 

@@ -70,7 +70,7 @@ def test_a_full_slurm_file_loads(config_dir):
         host="login.example.org",
         port=2222,
         user="svc",
-        key_file=str(config_dir / "clusters.d" / "../keys/id"),
+        key_file=str(config_dir / "keys" / "id"),
         known_hosts=str(config_dir / "known_hosts"),
         work_dir="/scratch/svc/ah",
         queue="compute",

@@ -14,11 +14,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import LiveServer
 
 from airavata_hpc.clusters import parse_cluster
 from airavata_hpc.engine import Engine
 from airavata_hpc.settings import Settings
+
+from support import LiveServer
 
 KINDS = ["local", "slurm", "sge", "pbs"]
 # Slurm takes --time in whole minutes and enforces it about every 30 s (slurm.conf
@@ -36,8 +37,12 @@ def kind(request):
 def cluster_config(kind, request, tmp_path):
     run_id = uuid.uuid4().hex[:8]
     if kind == "local":
-        data = {"name": "local", "type": "local", "work_dir": str(tmp_path / "work"),
-                "poll_interval": 0.3}
+        data = {
+            "name": "local",
+            "type": "local",
+            "work_dir": str(tmp_path / "work"),
+            "poll_interval": 0.3,
+        }
         return parse_cluster(data, "test")
     if kind == "pbs":
         sshd = request.getfixturevalue("torque_sshd")
@@ -46,10 +51,17 @@ def cluster_config(kind, request, tmp_path):
         sshd = request.getfixturevalue("sshd")
         lab = request.getfixturevalue("slurm" if kind == "slurm" else "gridengine")
         extra = {"type": kind, "queue": lab.partition if kind == "slurm" else lab.queue}
-    data = {"name": kind, "host": sshd.host, "port": sshd.port, "user": sshd.user,
-            "key_file": str(sshd.key_file), "known_hosts": str(sshd.known_hosts),
-            "work_dir": f"/home/hpcuser/airavata-tests/{run_id}", "poll_interval": 1.0,
-            **extra}
+    data = {
+        "name": kind,
+        "host": sshd.host,
+        "port": sshd.port,
+        "user": sshd.user,
+        "key_file": str(sshd.key_file),
+        "known_hosts": str(sshd.known_hosts),
+        "work_dir": f"/home/hpcuser/airavata-tests/{run_id}",
+        "poll_interval": 1.0,
+        **extra,
+    }
     return parse_cluster(data, "test")
 
 
@@ -57,8 +69,7 @@ def start_server(database_url, cluster_config, grace=5.0):
     def factory(settings, metrics):
         return Engine([cluster_config], metrics, grace_seconds=grace)
 
-    return LiveServer(Settings(port=0, database_url=database_url),
-                      engine_factory=factory).start()
+    return LiveServer(Settings(port=0, database_url=database_url), engine_factory=factory).start()
 
 
 @pytest.fixture
@@ -69,8 +80,13 @@ def live(sqlite_url, cluster_config):
 
 
 def run_experiment(client, command, sets, **extra):
-    body = {"name": "t", "project_id": "p", "command_template": command,
-            "parameters": [{"id": f"s{i}", "values": v} for i, v in enumerate(sets)], **extra}
+    body = {
+        "name": "t",
+        "project_id": "p",
+        "command_template": command,
+        "parameters": [{"id": f"s{i}", "values": v} for i, v in enumerate(sets)],
+        **extra,
+    }
     created = client.post("/experiments", json=body)
     assert created.status_code == 201, created.text
     experiment_id = created.json()["id"]
@@ -94,16 +110,22 @@ def experiment_status(client, experiment_id):
 
 
 def wait_final(client, experiment_id, timeout):
-    return wait_for(lambda: experiment_status(client, experiment_id)
-                    in ("COMPLETED", "FAILED", "CANCELLED")
-                    and experiment_status(client, experiment_id), timeout, "a final status")
+    return wait_for(
+        lambda: (
+            experiment_status(client, experiment_id) in ("COMPLETED", "FAILED", "CANCELLED")
+            and experiment_status(client, experiment_id)
+        ),
+        timeout,
+        "a final status",
+    )
 
 
 def all_tasks(client, experiment_id):
     tasks, offset = [], 0
     while True:
-        page = client.get(f"/experiments/{experiment_id}/tasks",
-                          params={"limit": 100, "offset": offset}).json()
+        page = client.get(
+            f"/experiments/{experiment_id}/tasks", params={"limit": 100, "offset": offset}
+        ).json()
         tasks += page["tasks"]
         offset += 100
         if offset >= page["total"]:
@@ -125,8 +147,10 @@ def test_success_records_what_happened(live, kind):
         assert attempt["cluster"] == kind and attempt["native_job_id"]
         assert task["assigned_worker_id"] == f"{kind}/{attempt['native_job_id']}"
         assert task["execution_metrics"]["host"]
-    events = [e["event_type"] for e in
-              client.get(f"/experiments/{experiment_id}/timeline").json()["events"]]
+    events = [
+        e["event_type"]
+        for e in client.get(f"/experiments/{experiment_id}/timeline").json()["events"]
+    ]
     assert events[0] == "EXPERIMENT_CREATED" and events[-1] == "EXPERIMENT_COMPLETED"
     assert events.count("TASK_COMPLETED") == 2
 
@@ -145,8 +169,9 @@ def test_non_zero_exit_fails_with_the_exit_code_and_stderr(live, kind):
 
 def test_a_failed_task_is_retried_within_max_retries(live, kind):
     client = live.client("alice")
-    experiment_id = run_experiment(client, "exit {{ code }}", [{"code": "3"}],
-                                   compute_requirements={"max_retries": 1})
+    experiment_id = run_experiment(
+        client, "exit {{ code }}", [{"code": "3"}], compute_requirements={"max_retries": 1}
+    )
 
     assert wait_final(client, experiment_id, 2 * DEADLINE[kind]) == "FAILED"
     [task] = all_tasks(client, experiment_id)
@@ -180,18 +205,25 @@ def test_parameters_that_try_shell_injection_stay_literal(live, kind):
 def test_cancel_stops_running_jobs(live, kind):
     client = live.client("alice")
     experiment_id = run_experiment(client, "sleep {{ t }}", [{"t": "300"}, {"t": "301"}])
-    wait_for(lambda: {t["status"] for t in all_tasks(client, experiment_id)} == {"RUNNING"},
-             DEADLINE[kind], "both tasks running")
-    job_ids = [t["worker_assignment_history"][0]["native_job_id"]
-               for t in all_tasks(client, experiment_id)]
+    wait_for(
+        lambda: {t["status"] for t in all_tasks(client, experiment_id)} == {"RUNNING"},
+        DEADLINE[kind],
+        "both tasks running",
+    )
+    job_ids = [
+        t["worker_assignment_history"][0]["native_job_id"] for t in all_tasks(client, experiment_id)
+    ]
 
     cancelled = client.post(f"/experiments/{experiment_id}/cancel")
 
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
     assert {t["status"] for t in all_tasks(client, experiment_id)} == {"CANCELLED"}
     engine = live.context.engine
-    wait_for(lambda: not still_queued(engine, kind, job_ids), DEADLINE[kind],
-             "the jobs to leave the cluster")
+    wait_for(
+        lambda: not still_queued(engine, kind, job_ids),
+        DEADLINE[kind],
+        "the jobs to leave the cluster",
+    )
 
 
 def still_queued(engine, kind, job_ids):
@@ -201,7 +233,8 @@ def still_queued(engine, kind, job_ids):
     cluster = engine.by_name[kind]
     future = asyncio.run_coroutine_threadsafe(
         cluster.runner.run(cluster.adapter.status_command(job_ids), check=False),
-        engine_loop(engine))
+        engine_loop(engine),
+    )
     result = future.result(30)
     states = cluster.adapter.parse_status_output(result.stdout)
     return [job for job in job_ids if job in states and not states[job].status.is_final]
@@ -214,8 +247,9 @@ def engine_loop(engine):
 def test_time_limit_fails_the_task_with_the_reason(live, kind):
     client = live.client("alice")
     limit = TIME_LIMIT[kind]
-    experiment_id = run_experiment(client, "sleep {{ t }}", [{"t": "600"}],
-                                   compute_requirements={"walltime_seconds": limit})
+    experiment_id = run_experiment(
+        client, "sleep {{ t }}", [{"t": "600"}], compute_requirements={"walltime_seconds": limit}
+    )
 
     assert wait_final(client, experiment_id, limit + 2 * DEADLINE[kind]) == "FAILED"
     [task] = all_tasks(client, experiment_id)
@@ -224,15 +258,19 @@ def test_time_limit_fails_the_task_with_the_reason(live, kind):
     assert "time" in failed["suggested_fix"].lower(), failed
 
 
-def test_a_restart_in_the_middle_of_a_run_neither_loses_nor_duplicates(sqlite_url,
-                                                                       cluster_config, kind):
+def test_a_restart_in_the_middle_of_a_run_neither_loses_nor_duplicates(
+    sqlite_url, cluster_config, kind
+):
     first = start_server(sqlite_url, cluster_config)
     client = first.client("alice")
-    experiment_id = run_experiment(client, "sleep 2; echo {{ i }}",
-                                   [{"i": str(i)} for i in range(4)])
-    wait_for(lambda: any(t["status"] in ("QUEUED", "RUNNING")
-                         for t in all_tasks(client, experiment_id)), DEADLINE[kind],
-             "jobs on the cluster")
+    experiment_id = run_experiment(
+        client, "sleep 2; echo {{ i }}", [{"i": str(i)} for i in range(4)]
+    )
+    wait_for(
+        lambda: any(t["status"] in ("QUEUED", "RUNNING") for t in all_tasks(client, experiment_id)),
+        DEADLINE[kind],
+        "jobs on the cluster",
+    )
     first.stop()
 
     second = start_server(sqlite_url, cluster_config)
@@ -241,14 +279,14 @@ def test_a_restart_in_the_middle_of_a_run_neither_loses_nor_duplicates(sqlite_ur
         assert wait_final(client, experiment_id, 2 * DEADLINE[kind]) == "COMPLETED"
         tasks = all_tasks(client, experiment_id)
         assert [len(t["worker_assignment_history"]) for t in tasks] == [1, 1, 1, 1]
-        assert [t["result_summary"]["stdout_tail"] for t in tasks] == ["0\n", "1\n", "2\n",
-                                                                        "3\n"]
+        assert [t["result_summary"]["stdout_tail"] for t in tasks] == ["0\n", "1\n", "2\n", "3\n"]
     finally:
         second.stop()
 
 
-def test_a_job_submitted_just_before_a_crash_is_adopted_not_resubmitted(sqlite_url,
-                                                                        cluster_config, kind):
+def test_a_job_submitted_just_before_a_crash_is_adopted_not_resubmitted(
+    sqlite_url, cluster_config, kind
+):
     """The attempt row is written before the batch command; if the server dies after the
     command but before recording the job id, the restarted server finds the job by name."""
     import asyncio
@@ -269,10 +307,15 @@ def test_a_job_submitted_just_before_a_crash_is_adopted_not_resubmitted(sqlite_u
     from airavata_hpc.auth import Principal
 
     alice = Principal("alice")
-    experiment = experiments.create(alice, {"name": "crash", "project_id": "p",
-                                            "command_template": "echo {{ i }}",
-                                            "parameters": [{"id": "a", "values": {"i": "1"}},
-                                                           {"id": "b", "values": {"i": "2"}}]})
+    experiment = experiments.create(
+        alice,
+        {
+            "name": "crash",
+            "project_id": "p",
+            "command_template": "echo {{ i }}",
+            "parameters": [{"id": "a", "values": {"i": "1"}}, {"id": "b", "values": {"i": "2"}}],
+        },
+    )
     experiments.submit(alice, experiment.id)
     engine._place_pending()  # attempts recorded, nothing submitted yet
 
@@ -280,8 +323,9 @@ def test_a_job_submitted_just_before_a_crash_is_adopted_not_resubmitted(sqlite_u
         from airavata_hpc.models import Task, TaskAttempt
 
         cluster = engine.clusters[0]
-        attempts = list(TaskAttempt.select(TaskAttempt, Task).join(Task)
-                        .order_by(TaskAttempt.array_index))
+        attempts = list(
+            TaskAttempt.select(TaskAttempt, Task).join(Task).order_by(TaskAttempt.array_index)
+        )
         job = engine._batch_job(cluster, attempts, experiment)
         await cluster.runner.write_files({job.script_path: cluster.adapter.render_script(job)})
         await cluster.runner.run(cluster.adapter.submit_command(job.script_path))
@@ -307,10 +351,14 @@ def test_a_dropped_ssh_connection_never_fails_a_task(live, kind, request):
     else:
         sshd = request.getfixturevalue("torque_sshd" if kind == "pbs" else "sshd")
     client = live.client("alice")
-    experiment_id = run_experiment(client, "sleep 3; echo {{ i }}",
-                                   [{"i": str(i)} for i in range(3)])
-    wait_for(lambda: any(t["status"] == "RUNNING" for t in all_tasks(client, experiment_id)),
-             DEADLINE[kind], "a running task")
+    experiment_id = run_experiment(
+        client, "sleep 3; echo {{ i }}", [{"i": str(i)} for i in range(3)]
+    )
+    wait_for(
+        lambda: any(t["status"] == "RUNNING" for t in all_tasks(client, experiment_id)),
+        DEADLINE[kind],
+        "a running task",
+    )
 
     if sshd is not None:
         assert sshd.drop_connections() >= 1

@@ -30,9 +30,12 @@ def test_create_returns_the_experiment_owned_by_the_caller(alice):
 
 
 def test_each_parameter_set_becomes_a_task_with_quoted_values(alice):
-    created = create(alice, parameters=[
-        {"id": "p1", "values": {"alpha": "1", "beta": "$(touch /tmp/pwned); rm -rf ~"}},
-    ])
+    created = create(
+        alice,
+        parameters=[
+            {"id": "p1", "values": {"alpha": "1", "beta": "$(touch /tmp/pwned); rm -rf ~"}},
+        ],
+    )
 
     tasks = alice.get(f"/experiments/{created['id']}/tasks").json()
 
@@ -54,8 +57,7 @@ def test_other_users_experiments_are_invisible_but_admins_see_all(alice, bob, ad
 
 
 def test_list_paginates_newest_first_and_filters(alice):
-    ids = [create(alice, name=f"e{i}", project_id="a" if i % 2 else "b")["id"]
-           for i in range(5)]
+    ids = [create(alice, name=f"e{i}", project_id="a" if i % 2 else "b")["id"] for i in range(5)]
 
     page = alice.get("/experiments", params={"limit": 2, "offset": 1}).json()
     assert page["total"] == 5 and page["limit"] == 2 and page["offset"] == 1
@@ -66,8 +68,13 @@ def test_list_paginates_newest_first_and_filters(alice):
 
 
 def test_bad_paging_and_status_are_400(alice):
-    for params in ({"limit": 101}, {"limit": 0}, {"offset": -1}, {"limit": "x"},
-                   {"status": "DONE"}):
+    for params in (
+        {"limit": 101},
+        {"limit": 0},
+        {"offset": -1},
+        {"limit": "x"},
+        {"status": "DONE"},
+    ):
         body = assert_error(alice.get("/experiments", params=params), 400)
         assert body["details"]["field"] in params
 
@@ -91,8 +98,12 @@ def test_validation_names_the_field(alice):
 
 
 def test_missing_placeholder_is_a_400_naming_the_set(alice):
-    body = experiment_body(parameters=[{"id": "ok", "values": {"alpha": "1", "beta": "2"}},
-                                       {"id": "short", "values": {"alpha": "1"}}])
+    body = experiment_body(
+        parameters=[
+            {"id": "ok", "values": {"alpha": "1", "beta": "2"}},
+            {"id": "short", "values": {"alpha": "1"}},
+        ]
+    )
     error = assert_error(alice.post("/experiments", json=body), 400)
     assert "short" in error["message"] and "beta" in error["message"]
 
@@ -100,28 +111,38 @@ def test_missing_placeholder_is_a_400_naming_the_set(alice):
 def test_duplicate_set_ids_and_bad_json_are_rejected(alice):
     body = experiment_body(parameters=[{"id": "a", "values": {"alpha": "1", "beta": "2"}}] * 2)
     assert "duplicate" in assert_error(alice.post("/experiments", json=body), 400)["message"]
-    error = assert_error(alice.post("/experiments", data="{not json",
-                                    headers={"Content-Type": "application/json"}), 400)
+    error = assert_error(
+        alice.post("/experiments", data="{not json", headers={"Content-Type": "application/json"}),
+        400,
+    )
     assert "JSON" in error["message"]
 
 
 def test_update_before_and_after_submission(alice):
     created = create(alice)
-    updated = alice.put(f"/experiments/{created['id']}", json={
-        "name": "renamed", "parameters": [{"id": "only", "values": {"alpha": "9", "beta": "z"}}],
-    })
+    updated = alice.put(
+        f"/experiments/{created['id']}",
+        json={
+            "name": "renamed",
+            "parameters": [{"id": "only", "values": {"alpha": "9", "beta": "z"}}],
+        },
+    )
     assert updated.status_code == 200
     assert updated.json()["name"] == "renamed"
     tasks = alice.get(f"/experiments/{created['id']}/tasks").json()["tasks"]
     assert [t["command"] for t in tasks] == ["echo 9 z"]
 
     assert alice.post(f"/experiments/{created['id']}/submit").status_code == 200
-    error = assert_error(alice.put(f"/experiments/{created['id']}",
-                                   json={"command_template": "true"}), 409)
+    error = assert_error(
+        alice.put(f"/experiments/{created['id']}", json={"command_template": "true"}), 409
+    )
     assert "SUBMITTED" in error["message"]
-    assert alice.put(f"/experiments/{created['id']}",
-                     json={"description": "still allowed"}).json()["description"] == \
-        "still allowed"
+    assert (
+        alice.put(f"/experiments/{created['id']}", json={"description": "still allowed"}).json()[
+            "description"
+        ]
+        == "still allowed"
+    )
 
 
 def test_submit_moves_tasks_to_pending_and_twice_is_a_400(alice):
@@ -150,8 +171,7 @@ def test_cancel_cancels_tasks_and_is_idempotent(alice):
 def test_delete_is_204_then_404_and_refused_while_running(alice):
     running = create(alice)
     alice.post(f"/experiments/{running['id']}/submit")
-    assert "cancel" in assert_error(alice.delete(f"/experiments/{running['id']}"),
-                                    409)["message"]
+    assert "cancel" in assert_error(alice.delete(f"/experiments/{running['id']}"), 409)["message"]
 
     created = create(alice)
     response = alice.delete(f"/experiments/{created['id']}")
@@ -193,10 +213,15 @@ def test_reports_follow_the_spec(alice):
     timeline = alice.get(f"/experiments/{experiment_id}/timeline").json()
     assert [e["event_type"] for e in timeline["events"]] == ["EXPERIMENT_CREATED"]
     assert alice.get(f"/experiments/{experiment_id}/failed-tasks").json() == []
-    groups = alice.get("/tasks/aggregate", params={"experiment_id": experiment_id,
-                                                   "group_by": "parameter_value"}).json()
+    groups = alice.get(
+        "/tasks/aggregate", params={"experiment_id": experiment_id, "group_by": "parameter_value"}
+    ).json()
     assert {g["group_key"]: g["count"] for g in groups["groups"]} == {
-        "alpha=0.1": 1, "alpha=0.5": 1, "beta=x": 1, "beta=y": 1}
+        "alpha=0.1": 1,
+        "alpha=0.5": 1,
+        "beta=x": 1,
+        "beta=y": 1,
+    }
     task_id = alice.get(f"/experiments/{experiment_id}/tasks").json()["tasks"][0]["id"]
     assert alice.get(f"/tasks/{task_id}").json()["id"] == task_id
     assert alice.get(f"/tasks/{task_id}/progress").json()["status"] == "CREATED"
@@ -204,8 +229,10 @@ def test_reports_follow_the_spec(alice):
 
 def test_derive_copies_the_chosen_sets_with_modifications(alice):
     source = create(alice)
-    response = alice.post(f"/experiments/{source['id']}/derive", json={
-        "new_experiment_name": "again", "parameter_modifications": {"beta": "changed"}})
+    response = alice.post(
+        f"/experiments/{source['id']}/derive",
+        json={"new_experiment_name": "again", "parameter_modifications": {"beta": "changed"}},
+    )
 
     assert response.status_code == 201
     derived = response.json()
@@ -213,6 +240,11 @@ def test_derive_copies_the_chosen_sets_with_modifications(alice):
     new = alice.get(f"/experiments/{derived['new_experiment_id']}").json()
     assert [s["values"]["beta"] for s in new["parameters"]] == ["changed", "changed"]
     assert new["metadata"]["derived_from"] == source["id"]
-    error = assert_error(alice.post(f"/experiments/{source['id']}/derive", json={
-        "new_experiment_name": "none", "task_filter": "only_failed"}), 400)
+    error = assert_error(
+        alice.post(
+            f"/experiments/{source['id']}/derive",
+            json={"new_experiment_name": "none", "task_filter": "only_failed"},
+        ),
+        400,
+    )
     assert "selects no task" in error["message"]

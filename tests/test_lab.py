@@ -45,7 +45,8 @@ async def sh(conn: asyncssh.SSHClientConnection, command: str, ok: bool = True) 
 def test_slurm_exit_code_over_ssh(sshd: lab.SSHServer, slurm: lab.SlurmCluster) -> None:
     async def main() -> str:
         async with asyncssh.connect(**sshd.connect_kwargs()) as conn:
-            job_id = (await sh(conn, "sbatch --parsable --output=/dev/null --wrap 'exit 7'")).strip()
+            submit = "sbatch --parsable --output=/dev/null --wrap 'exit 7'"
+            job_id = (await sh(conn, submit)).strip()
             assert re.fullmatch(r"\d+", job_id), job_id
 
             async def ended() -> str | None:

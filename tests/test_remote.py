@@ -14,10 +14,9 @@ import secrets
 import time
 from pathlib import Path
 
-import lab
 import pytest
-from airavata_hpc.adapters import BatchAdapter, BatchJob, JobElement, get_adapter
 
+from airavata_hpc.adapters import BatchAdapter, BatchJob, JobElement, get_adapter
 from airavata_hpc.clusters import parse_cluster
 from airavata_hpc.remote import (
     ClusterUnavailable,
@@ -29,6 +28,8 @@ from airavata_hpc.remote import (
 )
 from airavata_hpc.scripts import parse_element_status, render_command
 from airavata_hpc.states import TaskStatus
+
+import lab
 
 HOSTILE = [
     "plain",
@@ -196,6 +197,10 @@ async def test_ssh_files_in_one_batch(sshd):
         assert owner.stdout.strip() == sshd.user
         assert runner.stats.connections_opened == 1
         assert (runner.stats.files_written, runner.stats.files_read) == (121, 122)
+        with pytest.raises(RemoteCommandError) as info:
+            await runner.write_files({"/root/ah-not-allowed/x": "x"})
+        assert not info.value.transient and "SFTPPermissionDenied" in info.value.problem
+        assert runner.health().state is HealthState.HEALTHY  # an error reply, not an outage
     finally:
         await runner.run(["rm", "-rf", base], check=False)
         await runner.close()
@@ -482,9 +487,15 @@ async def test_slurm_array_end_to_end_over_ssh(sshd, slurm):
         native = result["native"]
         assert result["ids"] == {i: f"{native}_{i}" for i in range(3)}
         assert result["found"] == [native]
-        # The last poll saw the scheduler's own view of every element.
-        final = await runner.run(adapter.status_command([]))
-        states = adapter.parse_status_output(final.stdout)
+
+        # The scheduler's own view follows (elements may still be COMPLETING for a moment).
+        async def scheduler_final():
+            out = await runner.run(adapter.status_command([]))
+            found = adapter.parse_status_output(out.stdout)
+            ended = all(found[job_id].status.is_final for job_id in result["ids"].values())
+            return found if ended else None
+
+        states = await poll(scheduler_final, 30, "Slurm to report every element final")
         assert states[f"{native}_0"].status is TaskStatus.COMPLETED
         assert states[f"{native}_1"].status is TaskStatus.FAILED
         assert states[f"{native}_1"].reason == "NonZeroExitCode"
@@ -529,8 +540,13 @@ async def test_slurm_cancel_records_the_signal_in_the_status_file(sshd, slurm):
 
         status = await poll(ended, 30, "the cancelled element to write its end")
         assert status.exit_code == 143  # SIGTERM, passed on by the wrapper
-        out = await runner.run(adapter.status_command([native]))
-        assert adapter.parse_status_output(out.stdout)[native].status is TaskStatus.CANCELLED
+
+        async def scheduler_says_cancelled():
+            out = await runner.run(adapter.status_command([native]))
+            return adapter.parse_status_output(out.stdout)[native].status is TaskStatus.CANCELLED
+
+        # The file can be complete while Slurm still shows COMPLETING (RUNNING for us).
+        await poll(scheduler_says_cancelled, 30, "Slurm to report the job cancelled")
         await runner.run(["rm", "-rf", work_dir])
     finally:
         await runner.close()
@@ -572,6 +588,20 @@ async def test_torque_wrappers_end_to_end_over_ssh(torque_sshd):
         result = await run_sweep(runner, adapter, work_dir)
         assert result["exit_codes"] == [0, 3, 0]
         assert result["outputs"] == EXPECTED_OUTPUTS
+        native = result["native"]
+        assert result["ids"] == {i: f"{native}[{i}]" for i in range(3)}
+        assert result["found"] == [native]
+        # qstat cannot tell array elements apart; the squeue beside the wrappers can.
+        assert all(result["seen"][job_id] for job_id in result["ids"].values())
+
+        async def scheduler_final():
+            out = await runner.run(adapter.status_command(list(result["ids"].values())))
+            found = adapter.parse_status_output(out.stdout)
+            return found if all(found[i].status.is_final for i in result["ids"].values()) else 0
+
+        final = await poll(scheduler_final, 30, "the wrappers' Slurm to report the end")
+        assert final[f"{native}[1]"].status is TaskStatus.FAILED
+        assert final[f"{native}[2]"].status is TaskStatus.COMPLETED
         version = await runner.run(adapter.version_command())
         assert "22.05" in adapter.parse_version_output(version.stdout)
         await runner.run(["rm", "-rf", work_dir])

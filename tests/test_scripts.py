@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from airavata_hpc.adapters import BatchJob, JobElement, get_adapter
 
+from airavata_hpc.adapters import BatchJob, JobElement, get_adapter
 from airavata_hpc.remote import LocalRunner
 from airavata_hpc.scripts import (
     CommandTemplateError,

@@ -4,9 +4,10 @@ databases."""
 from __future__ import annotations
 
 import pytest
-from support import assert_error, experiment_body
 
 from airavata_hpc.search import FilterError, parse_filter
+
+from support import assert_error, experiment_body
 
 
 def sets(*values):
@@ -24,10 +25,12 @@ def corpus(alice):
     }
     ids = {}
     for name, parameter_sets in made.items():
-        body = experiment_body(name=name, command_template="run {{ alpha }} {{ mode }}",
-                               parameters=parameter_sets,
-                               metadata={"tags": ["t-" + name, "all"] + (["pair"] if name in
-                                                                          ("low", "high") else [])})
+        body = experiment_body(
+            name=name,
+            command_template="run {{ alpha }} {{ mode }}",
+            parameters=parameter_sets,
+            metadata={"tags": ["t-" + name, "all"] + (["pair"] if name in ("low", "high") else [])},
+        )
         response = alice.post("/experiments", json=body)
         assert response.status_code == 201
         ids[name] = response.json()["id"]
@@ -70,13 +73,13 @@ def test_tags_must_all_be_present(alice, corpus):
 
 def test_sorting_dates_and_paging(alice, corpus):
     response = alice.get("/experiments/search", params={"sort_by": "name", "order": "asc"})
-    assert [e["name"] for e in response.json()["experiments"]] == ["high", "low", "mixed",
-                                                                    "text"]
+    assert [e["name"] for e in response.json()["experiments"]] == ["high", "low", "mixed", "text"]
     first = alice.get(f"/experiments/{corpus['low']}").json()["created_at"]
     assert "low" not in names(alice, created_after="2999-01-01T00:00:00Z")
     assert "low" in names(alice, created_before="2999-01-01T00:00:00Z", created_after=first)
-    page = alice.get("/experiments/search", params={"limit": 1, "offset": 3,
-                                                    "sort_by": "name"}).json()
+    page = alice.get(
+        "/experiments/search", params={"limit": 1, "offset": 3, "sort_by": "name"}
+    ).json()
     assert page["total"] == 4 and len(page["experiments"]) == 1
 
 
@@ -84,36 +87,43 @@ def test_search_is_scoped_to_the_owner(bob, corpus):
     assert names(bob, parameter_filter="alpha>0") == set()
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"sort_by": "owner"}, "sort_by"),
-    ({"order": "up"}, "order"),
-    ({"limit": 1000}, "limit"),
-    ({"created_after": "yesterday"}, "created_after"),
-    ({"parameter_filter": "alpha>>1"}, "parameter_filter"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"sort_by": "owner"}, "sort_by"),
+        ({"order": "up"}, "order"),
+        ({"limit": 1000}, "limit"),
+        ({"created_after": "yesterday"}, "created_after"),
+        ({"parameter_filter": "alpha>>1"}, "parameter_filter"),
+    ],
+)
 def test_bad_arguments_are_400_naming_the_argument(alice, params, field):
     body = assert_error(alice.get("/experiments/search", params=params), 400)
     assert body["details"]["field"] == field
 
 
 def test_malformed_filter_points_at_the_clause(alice):
-    body = assert_error(alice.get("/experiments/search",
-                                  params={"parameter_filter": "alpha>1, beta~2"}), 400)
+    body = assert_error(
+        alice.get("/experiments/search", params={"parameter_filter": "alpha>1, beta~2"}), 400
+    )
     assert body["details"]["clause"] == "beta~2"
     assert body["details"]["position"] == 10
     assert "beta~2" in body["message"]
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("", "empty clause"),
-    ("alpha>1,", "empty clause"),
-    ("9alpha=1", "parameter name"),
-    ("alpha", "expected one of"),
-    ("alpha=", "missing value"),
-    ("alpha='x", "unterminated quote"),
-    ("alpha=a b", "quote a value"),
-    ("alpha>>1", "unexpected operator"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("", "empty clause"),
+        ("alpha>1,", "empty clause"),
+        ("9alpha=1", "parameter name"),
+        ("alpha", "expected one of"),
+        ("alpha=", "missing value"),
+        ("alpha='x", "unterminated quote"),
+        ("alpha=a b", "quote a value"),
+        ("alpha>>1", "unexpected operator"),
+    ],
+)
 def test_grammar_errors(text, problem):
     with pytest.raises(FilterError) as caught:
         parse_filter(text)
@@ -123,4 +133,7 @@ def test_grammar_errors(text, problem):
 def test_grammar_accepts_quotes_and_separators():
     clauses = parse_filter("a<=1 AND b='x, y' , c != \"q r\"")
     assert [(c.name, c.op, c.value) for c in clauses] == [
-        ("a", "<=", "1"), ("b", "=", "x, y"), ("c", "!=", "q r")]
+        ("a", "<=", "1"),
+        ("b", "=", "x, y"),
+        ("c", "!=", "q r"),
+    ]

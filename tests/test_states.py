@@ -23,10 +23,15 @@ def test_every_status_has_a_row_and_final_states_only_archive():
             assert TASK_TRANSITIONS[status] <= {TaskStatus.ARCHIVED}
 
 
-@pytest.mark.parametrize("current, requested", [
-    ("CREATED", "RUNNING"), ("COMPLETED", "RUNNING"), ("CANCELLED", "SUBMITTED"),
-    ("ARCHIVED", "CREATED"),
-])
+@pytest.mark.parametrize(
+    "current, requested",
+    [
+        ("CREATED", "RUNNING"),
+        ("COMPLETED", "RUNNING"),
+        ("CANCELLED", "SUBMITTED"),
+        ("ARCHIVED", "CREATED"),
+    ],
+)
 def test_illegal_experiment_moves_name_both_ends(current, requested):
     with pytest.raises(IllegalTransition) as caught:
         check_experiment_transition(current, requested)

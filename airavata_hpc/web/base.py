@@ -28,9 +28,16 @@ log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
 _REASONS = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-    415: "unsupported_media_type", 422: "unprocessable", 503: "unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    503: "unavailable",
 }
 
 
@@ -93,9 +100,11 @@ class ApiHandler(tornado.web.RequestHandler):
             self.set_status(exc.status)
             body = error_body(exc.error, exc.message, self._request_id(), exc.details)
         elif status_code >= 500:
-            body = error_body("internal_error",
-                              "an internal error occurred; quote this request_id to the "
-                              "operator", self._request_id())
+            body = error_body(
+                "internal_error",
+                "an internal error occurred; quote this request_id to the operator",
+                self._request_id(),
+            )
         else:
             message = self._reason or "request failed"
             if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code != 405:
@@ -110,19 +119,38 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def allowed_methods(self) -> list[str]:
         base = tornado.web.RequestHandler
-        return [method for method in self.SUPPORTED_METHODS
-                if getattr(type(self), method.lower()) is not getattr(base, method.lower())]
+        return [
+            method
+            for method in self.SUPPORTED_METHODS
+            if getattr(type(self), method.lower()) is not getattr(base, method.lower())
+        ]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):
-            log.debug("request %s: %s %s -> %s %s", self._request_id(), self.request.method,
-                      self.request.uri, value.status, value.message)
+            log.debug(
+                "request %s: %s %s -> %s %s",
+                self._request_id(),
+                self.request.method,
+                self.request.uri,
+                value.status,
+                value.message,
+            )
         elif isinstance(value, tornado.web.HTTPError):
-            log.info("request %s: %s %s -> %s", self._request_id(), self.request.method,
-                     self.request.uri, value.status_code)
+            log.info(
+                "request %s: %s %s -> %s",
+                self._request_id(),
+                self.request.method,
+                self.request.uri,
+                value.status_code,
+            )
         else:
-            log.error("request %s: %s %s failed", self._request_id(), self.request.method,
-                      self.request.uri, exc_info=(typ, value, tb))
+            log.error(
+                "request %s: %s %s failed",
+                self._request_id(),
+                self.request.method,
+                self.request.uri,
+                exc_info=(typ, value, tb),
+            )
 
     def _request_id(self) -> str:
         if not getattr(self, "request_id", None):

@@ -12,8 +12,14 @@ from airavata_hpc.health import HEALTHY, UNHEALTHY, database_health, roll_up
 from airavata_hpc.web.base import ApiHandler
 
 LIST_ARGS = ("project_id", "owner_id", "status", "limit", "offset")
-SEARCH_ARGS = LIST_ARGS + ("parameter_filter", "created_after", "created_before", "tags",
-                           "sort_by", "order")
+SEARCH_ARGS = LIST_ARGS + (
+    "parameter_filter",
+    "created_after",
+    "created_before",
+    "tags",
+    "sort_by",
+    "order",
+)
 
 
 class ExperimentsHandler(ApiHandler):
@@ -69,8 +75,9 @@ class CancelHandler(_EngineNotifier):
 
 class DeriveHandler(ApiHandler):
     def post(self, experiment_id: str) -> None:
-        self.send_json(experiments.derive(self.principal, experiment_id, self.json_body()),
-                       status=201)
+        self.send_json(
+            experiments.derive(self.principal, experiment_id, self.json_body()), status=201
+        )
 
 
 class SummaryHandler(ApiHandler):
@@ -95,8 +102,11 @@ class FailedTasksHandler(ApiHandler):
 
 class ExperimentTasksHandler(ApiHandler):
     def get(self, experiment_id: str) -> None:
-        self.send_json(tasks.list_tasks(self.principal, experiment_id,
-                                        self.query_args("status", "limit", "offset")))
+        self.send_json(
+            tasks.list_tasks(
+                self.principal, experiment_id, self.query_args("status", "limit", "offset")
+            )
+        )
 
 
 class TaskHandler(ApiHandler):
@@ -111,8 +121,11 @@ class TaskProgressHandler(ApiHandler):
 
 class AggregateHandler(ApiHandler):
     def get(self) -> None:
-        self.send_json(reports.aggregate(
-            self.principal, self.query_args("experiment_id", "group_by", "limit", "offset")))
+        self.send_json(
+            reports.aggregate(
+                self.principal, self.query_args("experiment_id", "group_by", "limit", "offset")
+            )
+        )
 
 
 class HealthHandler(ApiHandler):
@@ -123,9 +136,14 @@ class HealthHandler(ApiHandler):
     def get(self) -> None:
         database = database_health()
         healthy = database["status"] != UNHEALTHY
-        self.send_json({"status": HEALTHY if healthy else UNHEALTHY,
-                        "timestamp": format_time(datetime.now(UTC)),
-                        "version": self.context.version}, status=200 if healthy else 503)
+        self.send_json(
+            {
+                "status": HEALTHY if healthy else UNHEALTHY,
+                "timestamp": format_time(datetime.now(UTC)),
+                "version": self.context.version,
+            },
+            status=200 if healthy else 503,
+        )
 
 
 class DetailedHealthHandler(ApiHandler):
@@ -138,14 +156,18 @@ class DetailedHealthHandler(ApiHandler):
             components.update(engine.health())
         else:
             components["scheduler_daemon"] = {
-                "status": "degraded", "details": {"reason": "execution engine not running"}}
-        self.send_json({
-            "status": roll_up(components),
-            "timestamp": format_time(datetime.now(UTC)),
-            "version": self.context.version,
-            "components": components,
-            "uptime_sec": round(time.time() - self.context.started_at, 1),
-        })
+                "status": "degraded",
+                "details": {"reason": "execution engine not running"},
+            }
+        self.send_json(
+            {
+                "status": roll_up(components),
+                "timestamp": format_time(datetime.now(UTC)),
+                "version": self.context.version,
+                "components": components,
+                "uptime_sec": round(time.time() - self.context.started_at, 1),
+            }
+        )
 
 
 class MetricsHandler(ApiHandler):
@@ -163,9 +185,12 @@ class WorkerBinaryHandler(ApiHandler):
     requires_auth = False
 
     def get(self) -> None:
-        raise ApiError(404, "not_found",
-                       "this service runs tasks as batch jobs through the clusters' schedulers "
-                       "and has no worker binary to download")
+        raise ApiError(
+            404,
+            "not_found",
+            "this service runs tasks as batch jobs through the clusters' schedulers "
+            "and has no worker binary to download",
+        )
 
 
 class OpenApiHandler(ApiHandler):

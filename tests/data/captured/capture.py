@@ -60,7 +60,7 @@ def until(check: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
+            raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.3)
 
 
@@ -93,6 +93,7 @@ def main() -> None:
     ge = sge.env
     te = {**slurm.env, "PATH": torque.path}
     cases: list[str] = []
+    ok = False
     try:
         slurm.start()
         sge.start()
@@ -225,7 +226,7 @@ def main() -> None:
         cap.save("torque-qstat-f-deleted.txt", f"qstat -f {t_deleted}", te)
 
         # ---------------------------------------------------------------- Slurm, later
-        until(lambda: slurm_state(cap, se, timeout) == "TIMEOUT", 150, "the Slurm timeout")
+        until(lambda: slurm_state(cap, se, timeout) == "TIMEOUT", 240, "the Slurm timeout")
         cap.save(
             "slurm-squeue-json.json",
             "squeue --me --json -t all",
@@ -258,11 +259,14 @@ def main() -> None:
         cap.sh("qdel -u hpcuser", ge, check=False)
         until(lambda: not cap.sh("qstat -u hpcuser", ge).strip(), 30, "SGE to empty")
         cap.save("sge-qstat-xml-empty.xml", "qstat -xml -u hpcuser", ge, "no jobs")
+        ok = True
     finally:
         sge.stop()
         slurm.stop()
-        lab.run(["rm", "-rf", str(workdir)], check=False)
-        lab.run(["rm", "-rf", str(lab_dir)], check=False)
+        if ok:
+            lab.run(["rm", "-rf", str(workdir), str(lab_dir)], check=False)
+        else:
+            print(f"kept {lab_dir} and {workdir} for a look", file=sys.stderr)
     write_readme(out_dir, cap.rows, versions, cases)
 
 
