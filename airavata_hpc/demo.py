@@ -50,6 +50,20 @@ def _wait_healthy(url: str, server: subprocess.Popen[bytes], log_file: Path) -> 
     )
 
 
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (a clean shutdown), SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            server.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _write_config(root: Path) -> Path:
     config = root / "config"
     (config / "clusters.d").mkdir(parents=True)
@@ -125,12 +139,7 @@ def main(keep: bool, sweep: str | None) -> None:
             raise click.ClickException(f"experiment {experiment_id} did not complete")
     finally:
         click.secho("==> stopping the server", bold=True)
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        _stop(server)
         if keep:
             click.echo(f"kept {root}")
         else:

@@ -174,6 +174,8 @@ class CommandRunner(Protocol):
         stdin: str | None = None,
         check: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
+        *,
+        retry_lost: bool = False,
     ) -> CommandResult: ...
 
     async def write_files(self, files: Mapping[str, str]) -> None: ...
@@ -232,7 +234,10 @@ class LocalRunner:
         stdin: str | None = None,
         check: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
+        *,
+        retry_lost: bool = False,
     ) -> CommandResult:
+        """Run ``argv`` here (no shell). ``retry_lost`` exists for the protocol: no link to lose."""
         command = join_argv(argv)
         self.stats.commands_issued += 1
         try:

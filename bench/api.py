@@ -260,10 +260,9 @@ def raw_request(
 class _Run:
     """One bounded run shared by all connections: the budget and what came back."""
 
-    seconds: float
+    deadline: float  # time.perf_counter() value
     limit: int | None
     expect: int
-    deadline: float = 0.0
     issued: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
@@ -377,62 +376,43 @@ class Result:
 
 
 async def _measure(
-    server: ServerProcess,
-    label: str,
-    request: bytes,
-    expect: int,
-    concurrency: int,
-    warmup: float,
-    seconds: float,
-    limit: int | None,
+    server: ServerProcess, phase: Phase, warmup: float, seconds: float, limit: int | None
 ) -> Result:
-    clients = [_Client(server.port) for _ in range(concurrency)]
+    clients = [_Client(server.port) for _ in range(phase.concurrency)]
     await asyncio.gather(*(client.open() for client in clients))
     try:
         if warmup > 0:
-            warm = _Run(warmup, None, expect)
-            warm.deadline = time.perf_counter() + warmup
-            await asyncio.gather(*(client.loop(request, warm) for client in clients))
+            warm = _Run(time.perf_counter() + warmup, None, phase.expect)
+            await asyncio.gather(*(client.loop(phase.request, warm) for client in clients))
 
         server_cpu = server.cpu()  # blocking, but nothing is in flight here
-        run = _Run(seconds, limit, expect)
         client_cpu = time.process_time()
         started = time.perf_counter()
-        run.deadline = started + seconds
-        await asyncio.gather(*(client.loop(request, run) for client in clients))
+        run = _Run(started + seconds, limit, phase.expect)
+        await asyncio.gather(*(client.loop(phase.request, run) for client in clients))
         elapsed = time.perf_counter() - started
         client_cpu = time.process_time() - client_cpu
         server_cpu = server.cpu() - server_cpu
     finally:
         await asyncio.gather(*(client.close() for client in clients))
     return Result(
-        label,
-        concurrency,
-        len(run.latencies),
-        run.errors,
-        elapsed,
-        run.latencies,
-        client_cpu,
-        server_cpu,
-        run.first_error,
+        phase.label,
+        phase.concurrency,
+        requests=len(run.latencies),
+        errors=run.errors,
+        seconds=elapsed,
+        latencies=run.latencies,
+        client_cpu=client_cpu,
+        server_cpu=server_cpu,
+        first_error=run.first_error,
     )
 
 
 def measure(
     server: ServerProcess, phase: Phase, warmup: float, seconds: float, limit: int | None
 ) -> Result:
-    return asyncio.run(
-        _measure(
-            server,
-            phase.label,
-            phase.request,
-            phase.expect,
-            phase.concurrency,
-            warmup,
-            seconds,
-            limit,
-        )
-    )
+    """Warm up, then measure ``phase`` for ``seconds`` or ``limit`` requests."""
+    return asyncio.run(_measure(server, phase, warmup, seconds, limit))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,6 +676,13 @@ def print_targets(title: str, results: list[Result]) -> None:
     )
 
 
+def _load_average() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
@@ -774,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         "airavata-hpc API benchmark (prints figures; the exit status never depends on them)",
         f"  python {platform.python_version()}, tornado {tornado.version}, peewee "
         f"{peewee.__version__}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        f"  load average before: {_load_average()} (other work on the machine skews the figures)",
         "  server: one process, one IOLoop: the service's app in a tornado HTTPServer on",
         "          127.0.0.1, no execution engine; the bare handlers are extra routes on the",
         "          same app and use the same database connection",
@@ -814,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for title, results in tables:
         print_targets(title, results)
+    print(f"load average after: {_load_average()}")
     sys.stdout.flush()
     return 0
 

@@ -457,6 +457,8 @@ def _met(ok: bool) -> str:
 
 
 def report(raw: RawResult | None, service: ServiceResult | None, tasks: int) -> None:
+    if raw is None and service is None:
+        return
     print()
     print(f"== results ({tasks} tasks of `true`) ==")
     if raw is not None:
@@ -480,8 +482,8 @@ def report(raw: RawResult | None, service: ServiceResult | None, tasks: int) -> 
         f"{s.submit_call_seconds:.3f} s; task states {s.task_states}"
     )
     milestones = [
-        ("sbatch returned (all QUEUED in DB)", s.sbatch_done),
-        ("first element started (status file)", s.first_element_start),
+        ("engine _submit done (sbatch + DB: all QUEUED)", s.sbatch_done),
+        ("first element started (status file, 1 s res.)", s.first_element_start),
         ("last element ended (status file, 1 s res.)", s.last_element_end),
         ("experiment COMPLETED seen over REST", s.makespan),
     ]
@@ -626,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: load average {_load()} (after)")
         report(raw, service, args.tasks)
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}); stopping the lab", file=sys.stderr)
+        print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}); stopping the lab", file=sys.stderr)
         report(raw, service, args.tasks)
         return 130
     finally:

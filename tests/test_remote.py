@@ -111,6 +111,7 @@ async def test_local_runner_exit_status_and_errors():
     killed = await runner.run(["sh", "-c", "kill -KILL $$"], check=False)
     assert killed.exit_status == 128 + 9
     assert (await runner.run(["cat"], stdin="fed in\n")).stdout == "fed in\n"
+    assert (await runner.run(["true"], retry_lost=True)).ok  # same signature as SSHRunner
 
 
 async def test_local_runner_timeout_kills_the_whole_process_group(tmp_path):
