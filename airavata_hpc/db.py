@@ -66,3 +66,42 @@ def open_database(url: str) -> peewee.Database:
 
 def is_postgres() -> bool:
     return isinstance(database.obj, peewee.PostgresqlDatabase)
+
+
+def bulk_insert(model: type[peewee.Model], rows: list[dict[str, object]]) -> None:
+    """Insert many rows with one prepared statement: ``insert_many`` spends most of its time
+    building SQL text, which for the thousands of rows of a large sweep is the larger cost.
+    Every row must have the same keys (field names); missing fields get their defaults and
+    values go through the fields' own conversions, as with ``insert_many``."""
+    if not rows:
+        return
+    given = set(rows[0])
+    fields = [
+        field
+        for field in model._meta.sorted_fields
+        if field.name in given or field.default is not None
+    ]
+    rows = [{**_defaults(fields, given), **row} for row in rows]
+    db = database.obj
+    columns = ", ".join(f'"{field.column_name}"' for field in fields)
+    values = [tuple(field.db_value(row[field.name]) for field in fields) for row in rows]
+    table = f'"{model._meta.table_name}"'
+    if isinstance(db, peewee.PostgresqlDatabase):
+        from psycopg2.extras import execute_values
+
+        with db.atomic():
+            execute_values(
+                db.cursor(), f"INSERT INTO {table} ({columns}) VALUES %s", values, page_size=1000
+            )
+        return
+    placeholders = ", ".join([db.param] * len(fields))
+    with db.atomic():
+        db.cursor().executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", values)
+
+
+def _defaults(fields: list[peewee.Field], given: set[str]) -> dict[str, object]:
+    return {
+        field.name: field.default() if callable(field.default) else field.default
+        for field in fields
+        if field.name not in given
+    }

@@ -166,14 +166,21 @@ class Engine:
                 self.cycle_errors += 1
                 log.exception("engine cycle failed; retrying next cycle")
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._tick())
+                await asyncio.wait_for(self._wake.wait(), timeout=self._until_next_poll())
             except TimeoutError:
                 pass
             self._wake.clear()
 
     def _tick(self) -> float:
+        """The longest the loop sleeps: pending work is picked up at least this often."""
         intervals = [c.config.poll_interval for c in self.clusters] or [5.0]
         return max(0.2, min(min(intervals) / 2, 2.0))
+
+    def _until_next_poll(self) -> float:
+        """Sleep until the next cluster's poll is due (not a fixed tick after a slow cycle)."""
+        now = time.monotonic()
+        due = [c.last_poll + c.config.poll_interval - now for c in self.clusters]
+        return max(0.05, min([self._tick(), *due]))
 
     async def run_cycle(self, force_poll: bool = False) -> None:
         """One pass over every cluster; tests call this directly to step the engine."""
@@ -464,7 +471,7 @@ class Engine:
         cluster.last_poll = time.monotonic()
         before = cluster.commands
         attempts = list(
-            TaskAttempt.select(TaskAttempt, Task)
+            TaskAttempt.select(TaskAttempt, Task.id, Task.experiment, Task.started_at)
             .join(Task)
             .where(
                 (TaskAttempt.cluster == cluster.name)
@@ -520,50 +527,48 @@ class Engine:
     ) -> None:
         """One batched read of the status files (and output tails) of jobs not in the queue
         or reported finished; completion comes from those files."""
-        paths = [posixpath.join(a.work_dir, scripts.STATUS_FILE) for a in attempts]
-        statuses = await cluster.runner.read_files(paths)
-        tails = await self._read_tails(cluster, attempts)
-
-        for attempt, path in zip(attempts, paths, strict=True):
-            status = scripts.parse_element_status(statuses.get(path))
+        files = await self._read_element_files(cluster, attempts)
+        requirements = dict(
+            Experiment.select(Experiment.id, Experiment.compute_requirements)
+            .where(Experiment.id.in_({a.task.experiment_id for a in attempts}))
+            .tuples()
+        )
+        for attempt in attempts:
+            status_text, stdout, stderr = files[attempt.id]
+            status = scripts.parse_element_status(status_text)
             reported = native.get(attempt.native_job_id)
-            stdout, stderr = tails.get(attempt.id, ("", ""))
+            needs = requirements.get(attempt.task.experiment_id) or {}
             if status is not None and status.finished:
-                self._finish(cluster, attempt, status, reported, stdout, stderr)
+                self._finish(cluster, attempt, status, reported, stdout, stderr, needs)
             elif reported is not None and reported.status.is_final:
                 # The scheduler says it is over but the wrapper never wrote an end line:
                 # killed (time limit, memory, node failure, cancel) before it could.
                 reason = _reason_text(reported, stderr)
-                self._close_attempt(cluster, attempt, status, None, reason, stdout)
+                self._close_attempt(cluster, attempt, status, None, reason, stdout, needs)
             else:
                 # Not in the queue and no end line: running by its file (a queue listing may
                 # miss it), or killed before the wrapper could write; the grace period tells.
                 if status is not None and attempt.state == "QUEUED":
                     self._mark_running(attempt, _epoch(status.start))
-                self._maybe_vanished(cluster, attempt, status, stdout, stderr)
+                self._maybe_vanished(cluster, attempt, status, stdout, stderr, needs)
 
-    async def _read_tails(
+    async def _read_element_files(
         self, cluster: ClusterRuntime, attempts: list[TaskAttempt]
-    ) -> dict[str, tuple[str, str]]:
-        """The last bytes of each attempt's stdout and stderr, in one command."""
-        paths = []
-        for attempt in attempts:
-            paths += [
-                posixpath.join(attempt.work_dir, scripts.STDOUT_FILE),
-                posixpath.join(attempt.work_dir, scripts.STDERR_FILE),
-            ]
+    ) -> dict[str, tuple[str | None, str, str]]:
+        """Each attempt's status file (None when missing) and the last bytes of its stdout and
+        stderr, all in one remote command."""
+        names = (scripts.STATUS_FILE, scripts.STDOUT_FILE, scripts.STDERR_FILE)
+        paths = [posixpath.join(a.work_dir, name) for a in attempts for name in names]
         boundary = f"--airavata-{uuid.uuid4().hex}--"
         result = await cluster.run(
             "read", tail_command(paths, STDOUT_TAIL_BYTES, boundary), self.metrics, check=False
         )
         texts = parse_tails(result.stdout, boundary)
-        return {
-            attempt.id: (
-                texts.get(posixpath.join(attempt.work_dir, scripts.STDOUT_FILE), ""),
-                texts.get(posixpath.join(attempt.work_dir, scripts.STDERR_FILE), ""),
-            )
-            for attempt in attempts
-        }
+        found = {}
+        for attempt in attempts:
+            status, out, err = (posixpath.join(attempt.work_dir, name) for name in names)
+            found[attempt.id] = (texts.get(status), texts.get(out, ""), texts.get(err, ""))
+        return found
 
     def _finish(
         self,
@@ -573,9 +578,10 @@ class Engine:
         reported: NativeJobStatus | None,
         stdout: str,
         stderr: str,
+        needs: dict[str, Any],
     ) -> None:
         if status.exit_code == 0:
-            self._close_attempt(cluster, attempt, status, 0, None, stdout)
+            self._close_attempt(cluster, attempt, status, 0, None, stdout, needs)
             return
         reason = f"exit code {status.exit_code}"
         meaning = cluster.adapter.EXIT_REASONS.get(status.exit_code)
@@ -587,7 +593,7 @@ class Engine:
         tail = _last_lines(stderr)
         if tail:
             reason += f"; stderr: {tail}"
-        self._close_attempt(cluster, attempt, status, status.exit_code, reason, stdout)
+        self._close_attempt(cluster, attempt, status, status.exit_code, reason, stdout, needs)
 
     def _maybe_vanished(
         self,
@@ -596,6 +602,7 @@ class Engine:
         status: scripts.ElementStatus | None,
         stdout: str,
         stderr: str,
+        needs: dict[str, Any],
     ) -> None:
         """Gone from the queue without an end line: wait a grace period (the file system may
         lag, the scheduler may be between states), then call it failed."""
@@ -612,7 +619,7 @@ class Engine:
         tail = _last_lines(stderr)
         if tail:
             reason += f"; stderr: {tail}"
-        self._close_attempt(cluster, attempt, status, None, reason, stdout)
+        self._close_attempt(cluster, attempt, status, None, reason, stdout, needs)
 
     def _close_attempt(
         self,
@@ -622,15 +629,15 @@ class Engine:
         exit_code: int | None,
         error: str | None,
         stdout: str,
+        needs: dict[str, Any],
     ) -> None:
+        """Record an attempt's end; ``needs`` is its experiment's compute_requirements."""
         started = _epoch(status.start) if status else None
         ended = _epoch(status.end) if status and status.end else utcnow()
         host = status.host if status else None
         success = exit_code == 0 and error is None
         if not success and started is not None:
-            limit = walltime_seconds(
-                cluster.config, attempt.task.experiment.compute_requirements or {}
-            )
+            limit = walltime_seconds(cluster.config, needs)
             if (ended - started).total_seconds() >= limit - 1:
                 # Batch systems kill at the limit with SIGTERM or SIGKILL; the wrapper then
                 # records 143 or nothing at all. The elapsed time says why.
@@ -653,7 +660,7 @@ class Engine:
                 return
             worker = f"{cluster.name}/{attempt.native_job_id}"
             duration = (ended - started).total_seconds() if started else None
-            cores = int((attempt.task.experiment.compute_requirements or {}).get("cores", 1))
+            cores = int(needs.get("cores", 1))
             metrics = {
                 "host": host,
                 "duration_sec": duration,
@@ -692,7 +699,8 @@ class Engine:
             else:
                 Task.update(**common).where(Task.id == attempt.task_id).execute()
                 self._attempt_failed(attempt.task, error or "failed", exit_code, worker)
-        log.info(
+        log.log(
+            logging.DEBUG if success else logging.INFO,
             "cluster %s: job %s (task %s) %s%s",
             cluster.name,
             attempt.native_job_id,
@@ -914,10 +922,11 @@ def walltime_seconds(config: ClusterConfig, requirements: dict[str, Any]) -> int
 
 
 def tail_command(paths: list[str], size: int, boundary: str) -> list[str]:
-    """One ``sh`` that prints ``boundary path`` then the last ``size`` bytes of each file."""
+    """One ``sh`` that prints ``boundary path`` then the last ``size`` bytes of each file that
+    exists; a missing file prints nothing at all."""
     script = (
-        'b=$1; n=$2; shift 2; for f in "$@"; do printf "%s %s\\n" "$b" "$f"; '
-        'tail -c "$n" -- "$f" 2>/dev/null; done'
+        'b=$1; n=$2; shift 2; for f in "$@"; do [ -e "$f" ] || continue; '
+        'printf "%s %s\\n" "$b" "$f"; tail -c "$n" -- "$f" 2>/dev/null; done'
     )
     return ["sh", "-c", script, "sh", boundary, str(size), *paths]
 

@@ -1,18 +1,11 @@
-"""Rendering of batch scripts and of users' command templates, quoting every value for the shell.
+"""Rendering of batch scripts, quoting every value for the shell.
 
-Two Jinja environments live here:
-
-* the batch-script environment renders ``job_templates/<type>.sh.j2`` (or an admin's override)
-  for the adapters. Its ``finalize`` hook passes every ``{{ value }}`` through
-  :func:`shlex.quote`; a template opts out explicitly with ``|raw`` (for the admin-written
-  ``environment_setup`` and ``extra_directives`` lines). Quoting is the default, so forgetting
-  it is impossible.
-* the command environment renders a user's ``command_template`` (``python run.py {{ x }}``) in
-  Jinja's immutable sandbox, again with every value quoted and without ``raw``. A value such as
-  ``$(touch /tmp/pwned); rm -rf ~`` reaches the program as one literal argument. Placeholders
-  must not be put inside quotes in the template: the quoting is already done.
-
-Both use ``StrictUndefined``: a missing value is an error, never an empty string.
+The batch-script environment renders ``job_templates/<type>.sh.j2`` (or an admin's override)
+for the adapters. Its ``finalize`` hook (:func:`shell_finalize`, shared with the users' command
+templates in :mod:`airavata_hpc.command_template`) passes every ``{{ value }}`` through
+:func:`shlex.quote`; a template opts out explicitly with ``|raw`` (for the admin-written
+``environment_setup`` and ``extra_directives`` lines). Quoting is the default, so forgetting it
+is impossible. ``StrictUndefined``: a missing value is an error, never an empty string.
 
 The element status file the batch scripts write (``<task_dir>/status``) is defined here too,
 with :func:`parse_element_status` for the caller that decides completion from it.
@@ -29,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import jinja2.meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +30,11 @@ STATUS_FILE = "status"
 STDOUT_FILE = "stdout"
 STDERR_FILE = "stderr"
 
-#: Longest command template accepted, in characters.
-MAX_COMMAND_TEMPLATE = 64 * 1024
-
 _TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "job_templates"
 
 
 class ScriptTemplateError(Exception):
     """A batch template failed to render (syntax error, undefined variable)."""
-
-
-class CommandTemplateError(ValueError):
-    """A user's command template is unusable; the message is fit to show the user."""
 
 
 class Raw(str):
@@ -97,16 +81,6 @@ def _batch_environment() -> jinja2.Environment:
     return env
 
 
-@functools.cache
-def _command_environment() -> ImmutableSandboxedEnvironment:
-    # No ``raw`` filter here: users cannot opt out of quoting.
-    return ImmutableSandboxedEnvironment(
-        undefined=jinja2.StrictUndefined,
-        finalize=shell_finalize,
-        autoescape=False,
-    )
-
-
 def render_batch_script(
     template_name: str, context: Mapping[str, Any], template_source: str | None = None
 ) -> str:
@@ -124,48 +98,6 @@ def render_batch_script(
         return template.render(**context)
     except jinja2.TemplateError as exc:
         raise ScriptTemplateError(f"batch template {label}: {exc}") from exc
-
-
-def _parse_command(template: str) -> jinja2.nodes.Template:
-    if len(template) > MAX_COMMAND_TEMPLATE:
-        raise CommandTemplateError(
-            f"command template is {len(template)} characters; the limit is {MAX_COMMAND_TEMPLATE}"
-        )
-    try:
-        return _command_environment().parse(template)
-    except jinja2.TemplateSyntaxError as exc:
-        raise CommandTemplateError(f"command template line {exc.lineno}: {exc.message}") from exc
-
-
-def command_placeholders(template: str) -> frozenset[str]:
-    """The names a command template uses that a parameter set must supply."""
-    tree = _parse_command(template)
-    try:
-        return frozenset(jinja2.meta.find_undeclared_variables(tree))
-    except jinja2.TemplateError as exc:  # e.g. an unknown filter, found while compiling
-        raise CommandTemplateError(f"command template: {exc}") from exc
-
-
-def render_command(template: str, values: Mapping[str, object]) -> str:
-    """Render a user's command template with every parameter value shell-quoted.
-
-    Raises :class:`CommandTemplateError` naming any placeholder missing from ``values``,
-    syntax errors and anything the sandbox refuses (``{{ ''.__class__ }}``).
-    """
-    missing = sorted(command_placeholders(template) - set(values))
-    if missing:
-        raise CommandTemplateError(f"no value for placeholder(s): {', '.join(missing)}")
-    try:
-        rendered = _command_environment().from_string(template).render(**values)
-    except jinja2.exceptions.SecurityError as exc:
-        raise CommandTemplateError(f"command template not allowed: {exc}") from exc
-    except jinja2.TemplateError as exc:
-        raise CommandTemplateError(f"command template failed: {exc}") from exc
-    except ScriptTemplateError as exc:
-        raise CommandTemplateError(str(exc)) from exc
-    if not rendered.strip():
-        raise CommandTemplateError("command template rendered to an empty command")
-    return rendered
 
 
 @dataclass(frozen=True)

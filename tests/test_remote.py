@@ -18,6 +18,7 @@ import pytest
 
 from airavata_hpc.adapters import BatchAdapter, BatchJob, JobElement, get_adapter
 from airavata_hpc.clusters import parse_cluster
+from airavata_hpc.command_template import render_command
 from airavata_hpc.remote import (
     ClusterUnavailable,
     HealthState,
@@ -26,7 +27,7 @@ from airavata_hpc.remote import (
     RunnerPool,
     SSHRunner,
 )
-from airavata_hpc.scripts import parse_element_status, render_command
+from airavata_hpc.scripts import parse_element_status
 from airavata_hpc.states import TaskStatus
 
 import lab

@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 
 from airavata_hpc.adapters import BatchJob, JobElement, get_adapter
+from airavata_hpc.command_template import TemplateError, render_command, template_placeholders
 from airavata_hpc.remote import LocalRunner
 from airavata_hpc.scripts import (
-    CommandTemplateError,
     ScriptTemplateError,
-    command_placeholders,
     parse_element_status,
     render_batch_script,
-    render_command,
 )
 from airavata_hpc.states import TaskStatus
 
@@ -73,13 +71,13 @@ def test_several_placeholders_and_numbers():
 
 def test_placeholders_are_listed_and_missing_ones_rejected():
     template = "run {{ a }} {{ b }}{% for x in [1, 2] %} {{ x }}{% endfor %} {{ a }}"
-    assert command_placeholders(template) == {"a", "b"}
-    with pytest.raises(CommandTemplateError, match="no value for placeholder\\(s\\): b"):
+    assert template_placeholders(template) == {"a", "b"}
+    with pytest.raises(TemplateError, match="no value for placeholder\\(s\\): b"):
         render_command(template, {"a": "1"})
 
 
 def test_undefined_attribute_is_an_error_not_an_empty_string():
-    with pytest.raises(CommandTemplateError):
+    with pytest.raises(TemplateError):
         render_command("run {{ a.missing }}", {"a": "1"})
 
 
@@ -94,22 +92,22 @@ def test_undefined_attribute_is_an_error_not_an_empty_string():
     ],
 )
 def test_sandbox_blocks_attribute_access(template):
-    with pytest.raises(CommandTemplateError):
+    with pytest.raises(TemplateError):
         render_command(template, {"a": "x"})
 
 
 def test_users_cannot_opt_out_of_quoting():
-    with pytest.raises(CommandTemplateError):
+    with pytest.raises(TemplateError):
         render_command("echo {{ a|raw }}", {"a": "$(id)"})
 
 
 def test_syntax_errors_and_empty_results_are_reported():
-    with pytest.raises(CommandTemplateError, match="line 1"):
-        command_placeholders("echo {{ a ")
-    with pytest.raises(CommandTemplateError, match="empty"):
+    with pytest.raises(TemplateError, match="line 1"):
+        template_placeholders("echo {{ a ")
+    with pytest.raises(TemplateError, match="empty"):
         render_command("{% if false %}x{% endif %}", {})
-    with pytest.raises(CommandTemplateError, match="limit"):
-        command_placeholders("x" * 70_000)
+    with pytest.raises(TemplateError, match="limit"):
+        template_placeholders("x" * 70_000)
 
 
 # ---------------------------------------------------------------------------- batch scripts
