@@ -202,6 +202,10 @@ class BatchAdapter(ABC):
     #: Exit codes whose meaning this adapter's scripts fix (e.g. the local runner's walltime
     #: ``timeout`` exits 124); the engine adds the text to the task's error.
     EXIT_REASONS: ClassVar[Mapping[int, str]] = {}
+    #: Patterns of submit errors that reject the request itself (unknown partition, limits):
+    #: trying again cannot help. Any other refusal may be the cluster being unwell (munge
+    #: stopped, controller down) and is retried; see :meth:`submission_rejected`.
+    REJECTION_PATTERNS: ClassVar[tuple[str, ...]] = ()
 
     def render_script(self, job: BatchJob, template_source: str | None = None) -> str:
         """The batch script for ``job``; ``template_source`` replaces the built-in template."""
@@ -222,6 +226,11 @@ class BatchAdapter(ABC):
             "environment_setup": job.environment_setup,
             "extra_directives": job.extra_directives,
         }
+
+    def submission_rejected(self, stderr: str) -> bool:
+        """True when a failed submit command's ``stderr`` says the request itself is invalid."""
+        text = stderr.lower()
+        return any(pattern.lower() in text for pattern in self.REJECTION_PATTERNS)
 
     @abstractmethod
     def submit_command(self, script_path: str) -> list[str]:

@@ -94,6 +94,18 @@ _SLURM_ELEMENT_RE = re.compile(r"^(\d+)_(\d+)$")
 class PBSAdapter(BatchAdapter):
     """PBS Pro / OpenPBS (``flavor="pbspro"``) or Torque and its Slurm wrappers (``"torque"``)."""
 
+    # qsub's messages for a request it will never accept (PBS Pro / OpenPBS, Torque, and Slurm's
+    # torque wrappers, which pass sbatch's words through).
+    REJECTION_PATTERNS = (
+        "Unknown queue",
+        "Job exceeds queue resource limits",
+        "illegal attribute or resource value",
+        "Unknown resource",
+        "Job violates queue and/or server resource limits",
+        "Bad UID for job execution",
+        "invalid partition",
+        "Invalid account",
+    )
     type_name = "pbs"
     template_name = "pbs.sh.j2"
     STATE_MAP = STATE_MAP

@@ -65,6 +65,15 @@ _TASKS_RE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 class SGEAdapter(BatchAdapter):
     """Son of Grid Engine 8.1.9 (the Debian package); Univa and Altair GE share the CLI."""
 
+    # qsub's messages for a request it will never accept (Son of Grid Engine 8.1.9).
+    REJECTION_PATTERNS = (
+        "unknown queue",
+        "unknown resource",
+        "job rejected",
+        "no suitable queues",
+        "denied: access",
+        "invalid option argument",
+    )
     type_name = "sge"
     template_name = "sge.sh.j2"
     STATE_MAP = STATE_MAP

@@ -95,6 +95,22 @@ def _expand_indices(spec: str) -> list[int]:
 class SlurmAdapter(BatchAdapter):
     """Slurm 22.05 and later (``--me`` needs 20.11)."""
 
+    # sbatch's messages for a request it will never accept (Slurm 22.05; see
+    # src/common/slurm_errno.c for the full list).
+    REJECTION_PATTERNS = (
+        "Invalid partition name",
+        "Invalid account",
+        "Invalid qos",
+        "Requested node configuration is not available",
+        "Requested time limit is invalid",
+        "More processors requested than permitted",
+        "Invalid generic resource",
+        "Memory required by task is not available",
+        "Job violates accounting/QOS policy",
+        "Invalid feature specification",
+        "Node count specification invalid",
+        "invalid number of nodes",
+    )
     type_name = "slurm"
     template_name = "slurm.sh.j2"
     STATE_MAP = STATE_MAP

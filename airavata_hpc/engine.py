@@ -44,7 +44,6 @@ VANISHED = "job vanished from the queue without an exit status"
 STDOUT_TAIL_BYTES = 4096
 STDERR_TAIL_LINES = 20
 DEFAULT_WALLTIME = 3600
-SUBMIT_TRIES = 3
 
 
 @dataclass
@@ -415,14 +414,21 @@ class Engine:
     def _submit_refused(
         self, cluster: ClusterRuntime, attempts: list[TaskAttempt], result: Any
     ) -> None:
-        """A submit command that ran and said no. The same words can mean a bad request
-        (unknown partition) or a sick cluster (munge stopped, controller down), so it is tried
-        again on the next cycles and only after SUBMIT_TRIES refusals fails the tasks."""
+        """A submit command that ran and said no. When the adapter recognises the words as a
+        rejection of the request (unknown partition, limits), the tasks fail at once with the
+        batch system's message; anything else may be the cluster being unwell (munge stopped,
+        controller down), so the cluster is degraded and the submission tried again next
+        cycle, however long that takes: an outage never fails a task."""
         message = (result.stderr or result.stdout).strip() or f"exit {result.exit_status}"
         failures = attempts[0].submit_failures + 1
         TaskAttempt.update(submit_failures=failures, error=message).where(
             TaskAttempt.submission_id == attempts[0].submission_id
         ).execute()
+        if cluster.adapter.submission_rejected(result.stderr or result.stdout):
+            self._submission_failed(
+                attempts, f"submission rejected by cluster {cluster.name}: {message}"
+            )
+            return
         cluster.mark_unreachable(
             RemoteCommandError(
                 result.command,
@@ -430,22 +436,9 @@ class Engine:
                 result.stdout,
                 result.stderr,
                 transient=True,
-                problem="submission refused",
+                problem=f"submission refused ({failures} tries so far)",
                 cluster=cluster.name,
             )
-        )
-        if failures < SUBMIT_TRIES:
-            log.warning(
-                "cluster %s: submission %s refused (%s of %s): %s",
-                cluster.name,
-                attempts[0].job_name,
-                failures,
-                SUBMIT_TRIES,
-                message,
-            )
-            return
-        self._submission_failed(
-            attempts, f"submission refused by cluster {cluster.name} {failures} times: {message}"
         )
 
     async def _find_by_name(self, cluster: ClusterRuntime, name: str) -> list[str]:

@@ -368,3 +368,61 @@ def test_a_dropped_ssh_connection_never_fails_a_task(live, kind, request):
     assert wait_final(client, experiment_id, 2 * DEADLINE[kind]) == "COMPLETED"
     tasks = all_tasks(client, experiment_id)
     assert [len(t["worker_assignment_history"]) for t in tasks] == [1, 1, 1]
+
+
+def slurm_config(sshd, slurm, **overrides):
+    data = {"name": "slurm", "type": "slurm", "host": sshd.host, "port": sshd.port,
+            "user": sshd.user, "key_file": str(sshd.key_file),
+            "known_hosts": str(sshd.known_hosts), "queue": slurm.partition,
+            "work_dir": f"/home/hpcuser/airavata-tests/{uuid.uuid4().hex[:8]}",
+            "poll_interval": 1.0, **overrides}
+    return parse_cluster(data, "test")
+
+
+def test_a_request_the_batch_system_rejects_fails_at_once_with_its_words(sqlite_url, sshd,
+                                                                         slurm):
+    server = start_server(sqlite_url, slurm_config(sshd, slurm, queue="nosuchpartition"))
+    try:
+        client = server.client("alice")
+        experiment_id = run_experiment(client, "true {{ i }}", [{"i": "1"}])
+        assert wait_final(client, experiment_id, 60) == "FAILED"
+        [task] = all_tasks(client, experiment_id)
+        assert "rejected" in task["error_message"]
+        assert "invalid partition" in task["error_message"].lower()
+    finally:
+        server.stop()
+
+
+def test_an_unreachable_cluster_degrades_and_fails_nothing_then_recovers(sqlite_url, lab_dir,
+                                                                         sshd, slurm):
+    import lab
+
+    port = lab.free_port()
+    known_hosts = lab_dir / f"known_hosts-{port}"
+    kind, blob = sshd.host_key.with_suffix(".pub").read_text().split()[:2]
+    known_hosts.write_text(f"[{sshd.host}]:{port} {kind} {blob}\n")
+    config = slurm_config(sshd, slurm, port=port, known_hosts=str(known_hosts))
+    server = start_server(sqlite_url, config)
+    later = None
+    try:
+        client = server.client("alice")
+        experiment_id = run_experiment(client, "echo {{ i }}", [{"i": "1"}, {"i": "2"}])
+        health = wait_for(
+            lambda: (h := client.get("/health/detailed").json())["components"]
+            ["compute_resources"]["status"] != "healthy" and h, 60, "the cluster degraded")
+        assert health["components"]["compute_resources"]["details"]["slurm"]["last_error"]
+        statuses = {t["status"] for t in all_tasks(client, experiment_id)}
+        assert "FAILED" not in statuses and experiment_status(client, experiment_id) == \
+            "SUBMITTED"
+
+        # The same host comes back (an sshd on that port with the same key): the run goes on.
+        later = lab.SSHServer(lab_dir, port=port, name="sshd-late", set_env=slurm.env)
+        later.host_key, later.key_file = sshd.host_key, sshd.key_file
+        later.start()
+        assert wait_final(client, experiment_id, 120) == "COMPLETED"
+        tasks = all_tasks(client, experiment_id)
+        assert [len(t["worker_assignment_history"]) for t in tasks] == [1, 1]
+    finally:
+        server.stop()
+        if later is not None:
+            later.stop(remove_key=False)
