@@ -1,1 +1,1 @@
-"""Jinja batch-script templates, one per batch system (``<type>.sh.j2``), shipped as package data."""
+"""Jinja batch-script templates (``<type>.sh.j2``), shipped as package data."""

@@ -371,16 +371,23 @@ def test_a_dropped_ssh_connection_never_fails_a_task(live, kind, request):
 
 
 def slurm_config(sshd, slurm, **overrides):
-    data = {"name": "slurm", "type": "slurm", "host": sshd.host, "port": sshd.port,
-            "user": sshd.user, "key_file": str(sshd.key_file),
-            "known_hosts": str(sshd.known_hosts), "queue": slurm.partition,
-            "work_dir": f"/home/hpcuser/airavata-tests/{uuid.uuid4().hex[:8]}",
-            "poll_interval": 1.0, **overrides}
+    data = {
+        "name": "slurm",
+        "type": "slurm",
+        "host": sshd.host,
+        "port": sshd.port,
+        "user": sshd.user,
+        "key_file": str(sshd.key_file),
+        "known_hosts": str(sshd.known_hosts),
+        "queue": slurm.partition,
+        "work_dir": f"/home/hpcuser/airavata-tests/{uuid.uuid4().hex[:8]}",
+        "poll_interval": 1.0,
+        **overrides,
+    }
     return parse_cluster(data, "test")
 
 
-def test_a_request_the_batch_system_rejects_fails_at_once_with_its_words(sqlite_url, sshd,
-                                                                         slurm):
+def test_a_request_the_batch_system_rejects_fails_at_once_with_its_words(sqlite_url, sshd, slurm):
     server = start_server(sqlite_url, slurm_config(sshd, slurm, queue="nosuchpartition"))
     try:
         client = server.client("alice")
@@ -393,8 +400,9 @@ def test_a_request_the_batch_system_rejects_fails_at_once_with_its_words(sqlite_
         server.stop()
 
 
-def test_an_unreachable_cluster_degrades_and_fails_nothing_then_recovers(sqlite_url, lab_dir,
-                                                                         sshd, slurm):
+def test_an_unreachable_cluster_degrades_and_fails_nothing_then_recovers(
+    sqlite_url, lab_dir, sshd, slurm
+):
     import lab
 
     port = lab.free_port()
@@ -408,12 +416,19 @@ def test_an_unreachable_cluster_degrades_and_fails_nothing_then_recovers(sqlite_
         client = server.client("alice")
         experiment_id = run_experiment(client, "echo {{ i }}", [{"i": "1"}, {"i": "2"}])
         health = wait_for(
-            lambda: (h := client.get("/health/detailed").json())["components"]
-            ["compute_resources"]["status"] != "healthy" and h, 60, "the cluster degraded")
+            lambda: (
+                (h := client.get("/health/detailed").json())["components"]["compute_resources"][
+                    "status"
+                ]
+                != "healthy"
+                and h
+            ),
+            60,
+            "the cluster degraded",
+        )
         assert health["components"]["compute_resources"]["details"]["slurm"]["last_error"]
         statuses = {t["status"] for t in all_tasks(client, experiment_id)}
-        assert "FAILED" not in statuses and experiment_status(client, experiment_id) == \
-            "SUBMITTED"
+        assert "FAILED" not in statuses and experiment_status(client, experiment_id) == "SUBMITTED"
 
         # The same host comes back (an sshd on that port with the same key): the run goes on.
         later = lab.SSHServer(lab_dir, port=port, name="sshd-late", set_env=slurm.env)

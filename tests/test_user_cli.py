@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support import free_port
 
 import airavata_hpc
 from airavata_hpc import auth, user_cli
@@ -25,6 +24,8 @@ from airavata_hpc.user_cli import (
     progress_line,
     resolve_connection,
 )
+
+from support import free_port
 
 EXAMPLES = Path(airavata_hpc.__file__).parent / "examples"
 DEMO = EXAMPLES / "integral.yaml"
