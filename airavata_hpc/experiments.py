@@ -17,7 +17,14 @@ import peewee
 from airavata_hpc import command_template, events
 from airavata_hpc.auth import Principal
 from airavata_hpc.db import bulk_insert, database
-from airavata_hpc.errors import ApiError, bad_request, conflict, format_time, not_found
+from airavata_hpc.errors import (
+    ApiError,
+    bad_request,
+    conflict,
+    format_time,
+    not_found,
+    validation_error,
+)
 from airavata_hpc.models import (
     Experiment,
     ExperimentTag,
@@ -407,11 +414,8 @@ def _check_semantics(body: dict[str, Any]) -> None:
     seen: set[str] = set()
     for index, parameter_set in enumerate(body.get("parameters") or []):
         if parameter_set["id"] in seen:
-            raise ApiError(
-                400,
-                "validation_error",
-                f"parameters[{index}].id: duplicate parameter set id {parameter_set['id']!r}",
-                {"field": f"parameters[{index}].id", "problem": "duplicate id"},
+            raise validation_error(
+                f"parameters[{index}].id", f"duplicate parameter set id {parameter_set['id']!r}"
             )
         seen.add(parameter_set["id"])
 
@@ -419,12 +423,7 @@ def _check_semantics(body: dict[str, Any]) -> None:
     if tags is not None and (
         not isinstance(tags, list) or not all(isinstance(tag, str) and tag for tag in tags)
     ):
-        raise ApiError(
-            400,
-            "validation_error",
-            "metadata.tags: must be a list of non-empty strings",
-            {"field": "metadata.tags", "problem": "must be a list of strings"},
-        )
+        raise validation_error("metadata.tags", "must be a list of non-empty strings")
     _max_retries(body)
 
 
@@ -433,14 +432,8 @@ def _max_retries(body: dict[str, Any]) -> int:
     sent again."""
     value = (body.get("compute_requirements") or {}).get("max_retries", 0)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10:
-        raise ApiError(
-            400,
-            "validation_error",
-            "compute_requirements.max_retries: must be an integer from 0 to 10",
-            {
-                "field": "compute_requirements.max_retries",
-                "problem": "must be an integer from 0 to 10",
-            },
+        raise validation_error(
+            "compute_requirements.max_retries", "must be an integer from 0 to 10"
         )
     return value
 
@@ -456,12 +449,7 @@ def _render_commands(template: str, parameter_sets: list[dict[str, Any]]) -> lis
     try:
         placeholders = command_template.template_placeholders(template)
     except command_template.TemplateError as exc:
-        raise ApiError(
-            400,
-            "validation_error",
-            f"command_template: {exc}",
-            {"field": "command_template", "problem": str(exc)},
-        ) from None
+        raise validation_error("command_template", str(exc)) from None
 
     sets = parameter_sets or [{"id": "default", "values": {}}]
     commands = []
@@ -478,12 +466,7 @@ def _render_commands(template: str, parameter_sets: list[dict[str, Any]]) -> lis
         try:
             commands.append(command_template.render_command(template, parameter_set["values"]))
         except command_template.TemplateError as exc:
-            raise ApiError(
-                400,
-                "validation_error",
-                f"command_template: {exc}",
-                {"field": "command_template", "problem": str(exc)},
-            ) from None
+            raise validation_error("command_template", str(exc)) from None
     return commands
 
 
@@ -565,11 +548,8 @@ def derive(principal: Principal, experiment_id: str, body: Any) -> dict[str, Any
     if not source_sets and chosen:
         warnings.append("the source experiment has no parameter sets; its command runs once")
     if not chosen:
-        raise ApiError(
-            400,
-            "validation_error",
-            f"task_filter {task_filter!r} selects no task of experiment {source.id}",
-            {"field": "task_filter", "problem": "selects no task"},
+        raise validation_error(
+            "task_filter", f"{task_filter!r} selects no task of experiment {source.id}"
         )
     unknown = sorted(set(modifications) - {name for s in source_sets for name in s["values"]})
     if unknown:
