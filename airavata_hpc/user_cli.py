@@ -456,6 +456,16 @@ def main(ctx: click.Context) -> None:
 # submit
 
 
+interval_option = click.option(
+    "--interval",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Seconds between progress polls.",
+)
+
+
 @main.command()
 @click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False))
 @click.option("--watch", "follow", is_flag=True, help="Follow the experiment until it ends.")
@@ -470,14 +480,7 @@ def main(ctx: click.Context) -> None:
     type=click.IntRange(min=0),
     help="Commands shown by --dry-run.",
 )
-@click.option(
-    "--interval",
-    default=2.0,
-    show_default=True,
-    type=click.FloatRange(min=0.1),
-    metavar="SECONDS",
-    help="Seconds between polls with --watch.",
-)
+@interval_option
 @common_options
 @click.pass_context
 def submit(
@@ -720,14 +723,7 @@ def status(ctx: click.Context, experiment_id: str, task_status: str | None, limi
 
 @main.command()
 @click.argument("experiment_id", metavar="ID")
-@click.option(
-    "--interval",
-    default=2.0,
-    show_default=True,
-    type=click.FloatRange(min=0.1),
-    metavar="SECONDS",
-    help="Seconds between polls.",
-)
+@interval_option
 @common_options
 @click.pass_context
 def watch(ctx: click.Context, experiment_id: str, interval: float) -> None:
