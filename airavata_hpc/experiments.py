@@ -46,6 +46,8 @@ from airavata_hpc.states import (
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 100
+# Both databases store integers in 64 bits; a larger offset could only ever be a mistake.
+MAX_OFFSET = 2**63 - 1
 SORT_FIELDS = {
     "created_at": Experiment.created_at,
     "updated_at": Experiment.updated_at,
@@ -126,7 +128,7 @@ def get(principal: Principal, experiment_id: str) -> Experiment:
 def parse_paging(limit: str | None, offset: str | None) -> tuple[int, int]:
     return (
         int_argument("limit", limit, default=20, low=1, high=MAX_LIMIT),
-        int_argument("offset", offset, default=0, low=0, high=None),
+        int_argument("offset", offset, default=0, low=0, high=MAX_OFFSET),
     )
 
 

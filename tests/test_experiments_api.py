@@ -72,6 +72,7 @@ def test_bad_paging_and_status_are_400(alice):
         {"limit": 101},
         {"limit": 0},
         {"offset": -1},
+        {"offset": 2**64},
         {"limit": "x"},
         {"status": "DONE"},
     ):
