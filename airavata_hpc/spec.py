@@ -50,7 +50,7 @@ def parse_datetime(value: str) -> datetime:
 
 def validate(value: Any, schema_name: str) -> None:
     """Raise a 400 :class:`ApiError` naming the first field that breaks ``schema_name``."""
-    problem = _check(value, schema(schema_name), "")
+    problem = _check(value, schema(schema_name), "") or _find_nul(value, "")
     if problem:
         field, message = problem
         raise validation_error(field or "body", message)
@@ -108,6 +108,24 @@ def _check(value: Any, node: dict[str, Any], path: str) -> tuple[str, str] | Non
     if isinstance(value, list) and "items" in node:
         for index, item in enumerate(value):
             problem = _check(item, node["items"], f"{path}[{index}]")
+            if problem:
+                return problem
+    return None
+
+
+def _find_nul(value: Any, path: str) -> tuple[str, str] | None:
+    """NUL characters anywhere (keys included): PostgreSQL cannot store them in text, and no
+    command, name or value needs one."""
+    if isinstance(value, str):
+        return (path, "must not contain NUL (\\u0000) characters") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _find_nul(key, _join(path, "(key)")) or _find_nul(item, _join(path, key))
+            if problem:
+                return problem
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = _find_nul(item, f"{path}[{index}]")
             if problem:
                 return problem
     return None

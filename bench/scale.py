@@ -908,12 +908,12 @@ def analyse_engine(db: peewee.Database, runs: int) -> tuple[list[str], list[Stat
         with sql_log() as captured:
             fn()
         times, rows = repeat(fn, runs, 5.0)
+        timed = [time_statement(db, sql, params, f"engine {label}") for sql, params in captured]
+        statements += timed
         lines.append(
             f"  {label:<46} {rows:>7,} {statistics.median(times):>8.2f} "
-            f"{percentile(times, 99):>8.2f} {len(captured):>5}"
+            f"{percentile(times, 99):>8.2f} {sum(s.ms for s in timed):>7.2f} {len(captured):>5}"
         )
-        for sql, params in captured[:3]:
-            statements.append(time_statement(db, sql, params, f"engine {label}"))
     return lines, statements
 
 
@@ -1003,7 +1003,7 @@ def run_database(
     )
     print_http(rows)
     print(f"\n  {kind}: engine queries, in process (median / p99 of {options.engine_runs})")
-    print(f"  {'query':<46} {'rows':>7} {'p50 ms':>8} {'p99 ms':>8} {'stmts':>5}")
+    print(f"  {'query':<46} {'rows':>7} {'p50 ms':>8} {'p99 ms':>8} {'SQL ms':>7} {'stmts':>5}")
     print("\n".join(engine_lines))
     print_slow(db, statements + engine_statements, options.slow_ms)
     database.close()

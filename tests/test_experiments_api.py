@@ -249,3 +249,15 @@ def test_derive_copies_the_chosen_sets_with_modifications(alice):
         400,
     )
     assert "selects no task" in error["message"]
+
+
+def test_nul_characters_are_refused_cleanly_on_both_databases(alice):
+    body = experiment_body(description="a\x00b", metadata={"k\x00": "v"})
+    error = assert_error(alice.post("/experiments", json=body), 400)
+    assert error["details"]["field"] == "description" and "NUL" in error["message"]
+    values = experiment_body(parameters=[{"id": "p", "values": {"alpha": "\x00", "beta": "b"}}])
+    error = assert_error(alice.post("/experiments", json=values), 400)
+    assert error["details"]["field"] == "parameters[0].values.alpha"
+    assert_error(alice.get("/experiments/%00"), 404)
+    assert_error(alice.get("/tasks/%00/progress"), 404)
+    assert alice.get("/experiments").json()["total"] == 0

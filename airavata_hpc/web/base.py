@@ -64,6 +64,9 @@ class ApiHandler(tornado.web.RequestHandler):
         given = self.request.headers.get("X-Request-ID", "")
         self.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         self.set_header("X-Request-ID", self.request_id)
+        if any("\x00" in arg for arg in self.path_args):
+            # No id holds a NUL, and PostgreSQL refuses one in a query: it names nothing.
+            raise ApiError(404, "not_found", "no such resource: the id holds a NUL character")
         if self.requires_auth:
             if self.context.settings.auth_enabled:
                 self.principal = authenticate(
