@@ -82,8 +82,13 @@ JSON_FIELDS = (
 # Reading
 
 
-def to_json(experiment: Experiment) -> dict[str, Any]:
-    """The spec's ``Experiment`` body; optional fields that are unset are left out."""
+def to_json(experiment: Experiment, with_parameters: bool = True) -> dict[str, Any]:
+    """The spec's ``Experiment`` body; optional fields that are unset are left out.
+
+    Lists leave out ``parameters`` (optional in the spec): a page of 100 sweeps of 1,000 sets
+    each would be megabytes; ``GET /experiments/{id}`` has them. List items carry
+    ``execution_summary`` (task counts by status) instead.
+    """
     body: dict[str, Any] = {
         "id": experiment.id,
         "name": experiment.name,
@@ -91,10 +96,11 @@ def to_json(experiment: Experiment) -> dict[str, Any]:
         "owner_id": experiment.owner_id,
         "status": experiment.status,
         "command_template": experiment.command_template,
-        "parameters": experiment.parameters or [],
         "created_at": format_time(experiment.created_at),
         "updated_at": format_time(experiment.updated_at),
     }
+    if with_parameters:
+        body["parameters"] = experiment.parameters or []
     if experiment.description is not None:
         body["description"] = experiment.description
     if experiment.output_pattern is not None:
@@ -241,13 +247,38 @@ def _page(
     for extra in where[1:]:
         condition = condition & extra
     total = Experiment.select().where(condition).count()
-    rows = Experiment.select().where(condition).order_by(*order).limit(limit).offset(offset)
+    columns = [field for field in Experiment._meta.sorted_fields if field.name != "parameters"]
+    rows = list(
+        Experiment.select(*columns).where(condition).order_by(*order).limit(limit).offset(offset)
+    )
+    counts = _task_counts([row.id for row in rows])
+    items = []
+    for row in rows:
+        item = to_json(row, with_parameters=False)
+        by_status = counts.get(row.id, {})
+        item["execution_summary"] = {"total_tasks": sum(by_status.values()), "by_status": by_status}
+        items.append(item)
     return {
-        "experiments": [to_json(row) for row in rows],
+        "experiments": items,
         "total": total,
         "limit": limit,
         "offset": offset,
     }
+
+
+def _task_counts(experiment_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Tasks per status for a page of experiments, in one grouped query."""
+    counts: dict[str, dict[str, int]] = {}
+    if experiment_ids:
+        rows = (
+            Task.select(Task.experiment, Task.status, peewee.fn.COUNT(Task.id))
+            .where(Task.experiment.in_(experiment_ids))
+            .group_by(Task.experiment, Task.status)
+            .tuples()
+        )
+        for experiment_id, status, count in rows:
+            counts.setdefault(experiment_id, {})[status] = count
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------

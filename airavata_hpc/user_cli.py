@@ -591,14 +591,14 @@ def list_(
         return
     click.echo(
         table(
-            ["ID", "NAME", "PROJECT", "STATUS", "SETS", "CREATED"],
+            ["ID", "NAME", "PROJECT", "STATUS", "TASKS", "CREATED"],
             [
                 [
                     e["id"],
                     shorten(e.get("name"), 40),
                     e.get("project_id"),
                     e.get("status"),
-                    len(e.get("parameters") or []) or 1,
+                    (e.get("execution_summary") or {}).get("total_tasks", "-"),
                     when(e.get("created_at")),
                 ]
                 for e in experiments

@@ -62,6 +62,9 @@ def test_list_paginates_newest_first_and_filters(alice):
     page = alice.get("/experiments", params={"limit": 2, "offset": 1}).json()
     assert page["total"] == 5 and page["limit"] == 2 and page["offset"] == 1
     assert [e["id"] for e in page["experiments"]] == [ids[3], ids[2]]
+    # Pages leave out the parameter sets (megabytes for big sweeps); one experiment has them.
+    assert "parameters" not in page["experiments"][0]
+    assert len(alice.get(f"/experiments/{ids[3]}").json()["parameters"]) == 2
 
     only_a = alice.get("/experiments", params={"project_id": "a"}).json()
     assert {e["name"] for e in only_a["experiments"]} == {"e1", "e3"}

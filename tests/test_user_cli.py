@@ -160,7 +160,7 @@ def test_list_shows_a_table_filters_and_prints_json(run, alice):
     table = run("list")
     assert table.exit_code == 0, table.output
     header, *rows = table.stdout.strip().splitlines()
-    assert header.split() == ["ID", "NAME", "PROJECT", "STATUS", "SETS", "CREATED"]
+    assert header.split() == ["ID", "NAME", "PROJECT", "STATUS", "TASKS", "CREATED"]
     assert [row.split()[0] for row in rows] == [second, first]
     assert rows[1].split()[1:5] == ["integral-scan", "demo", "SUBMITTED", "10"]
 
@@ -171,6 +171,8 @@ def test_list_shows_a_table_filters_and_prints_json(run, alice):
     page = json.loads(run("list", "--json").stdout)
     assert page["total"] == 2
     assert {e["id"] for e in page["experiments"]} == {first, second}
+    summaries = {e["id"]: e["execution_summary"] for e in page["experiments"]}
+    assert summaries[second] == {"total_tasks": 10, "by_status": {"CANCELLED": 10}}
 
 
 def test_list_with_nothing_yet_says_how_to_start(run):
