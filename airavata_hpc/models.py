@@ -146,8 +146,8 @@ class ParameterValue(BaseModel):
     class Meta:
         indexes = (
             (("experiment", "set_index"), False),
-            (("name", "num_value"), False),
-            (("name", "text_value"), False),
+            (("experiment", "name", "num_value", "set_index"), False),
+            (("experiment", "name", "text_value", "set_index"), False),
         )
 
 

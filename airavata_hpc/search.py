@@ -157,9 +157,16 @@ def _clause_condition(row: type[ParameterValue], clause: Clause) -> peewee.Expre
 
 
 def matching_experiments(clauses: list[Clause]) -> peewee.Expression:
-    """An expression on :class:`Experiment` true when one parameter set meets every clause."""
+    """An expression on :class:`Experiment` true when one parameter set meets every clause.
+
+    Written as a correlated ``EXISTS`` per experiment, which both databases answer from the
+    (experiment, name, value, set) indexes; an ``id IN (...)`` over all values took 2.6 s on
+    SQLite at a million tasks against 0.15 s this way (bench/scale.py).
+    """
     first = ParameterValue.alias("pv0")
-    query = first.select(first.experiment).where(_clause_condition(first, clauses[0]))
+    query = first.select(peewee.SQL("1")).where(
+        (first.experiment == Experiment.id) & _clause_condition(first, clauses[0])
+    )
     for number, clause in enumerate(clauses[1:], start=1):
         other = ParameterValue.alias(f"pv{number}")
         same_set = (other.experiment == first.experiment) & (other.set_index == first.set_index)
@@ -168,4 +175,4 @@ def matching_experiments(clauses: list[Clause]) -> peewee.Expression:
                 other.select(peewee.SQL("1")).where(same_set & _clause_condition(other, clause))
             )
         )
-    return Experiment.id.in_(query)
+    return peewee.fn.EXISTS(query)
