@@ -22,13 +22,18 @@ def _initial_schema(db: peewee.Database) -> None:
     db.create_tables(models.ALL_MODELS, safe=True)
 
 
-def _attempt_state_and_search_indexes(db: peewee.Database) -> None:
+def _attempt_state_index(db: peewee.Database) -> None:
     # "Which attempts are active anywhere" (health, recovery) asks by state alone; with only
     # (cluster, state) that scanned every attempt: 35 ms at a million, 0.5 ms with this index.
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS task_attempt_state_cluster ON task_attempt (state, cluster)"
+    )
+
+
+def _search_indexes(db: peewee.Database) -> None:
     # The search's per-experiment EXISTS wants (experiment, name, value, set) instead of the
-    # first schema's (name, value) indexes. Figures from bench/scale.py.
+    # first schema's (name, value) indexes: 2.6 s -> 0.15 s on SQLite at a million tasks.
     for statement in (
-        "CREATE INDEX IF NOT EXISTS task_attempt_state_cluster ON task_attempt (state, cluster)",
         "CREATE INDEX IF NOT EXISTS parameter_value_experiment_id_name_num_value_set_index "
         "ON parameter_value (experiment_id, name, num_value, set_index)",
         "CREATE INDEX IF NOT EXISTS parameter_value_experiment_id_name_text_value_set_index "
@@ -41,7 +46,8 @@ def _attempt_state_and_search_indexes(db: peewee.Database) -> None:
 
 MIGRATIONS: list[Callable[[peewee.Database], None]] = [
     _initial_schema,
-    _attempt_state_and_search_indexes,
+    _attempt_state_index,
+    _search_indexes,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
