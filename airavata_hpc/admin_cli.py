@@ -30,11 +30,12 @@ def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--database", "database_url", metavar="URL", help=DATABASE_HELP)(command)
 
 
-def _open(database_url: str | None) -> None:
+def _open(database_url: str | None) -> tuple[int, int]:
+    """Open and migrate the database; returns the schema versions before and after."""
     url = database_url_from_env(database_url)
     try:
         open_database(url)
-        migrations.migrate()
+        return migrations.migrate()
     except Exception as exc:  # driver errors differ by database; show them plainly
         raise click.ClickException(f"cannot open database {describe(url)}: {exc}") from None
 
@@ -164,12 +165,7 @@ def db() -> None:
 @database_option
 def db_migrate(database_url: str | None) -> None:
     """Apply pending schema migrations (the server also does this at start)."""
-    url = database_url_from_env(database_url)
-    try:
-        open_database(url)
-        before, after = migrations.migrate()
-    except Exception as exc:  # driver errors differ by database; show them plainly
-        raise click.ClickException(f"cannot migrate {describe(url)}: {exc}") from None
+    before, after = _open(database_url)
     if before == after:
         click.echo(f"schema is up to date (version {after})")
     else:

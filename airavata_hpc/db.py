@@ -86,7 +86,7 @@ def bulk_insert(model: type[peewee.Model], rows: list[dict[str, object]]) -> Non
     columns = ", ".join(f'"{field.column_name}"' for field in fields)
     values = [tuple(field.db_value(row[field.name]) for field in fields) for row in rows]
     table = f'"{model._meta.table_name}"'
-    if isinstance(db, peewee.PostgresqlDatabase):
+    if is_postgres():
         from psycopg2.extras import execute_values
 
         with db.atomic():

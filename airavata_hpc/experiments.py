@@ -16,7 +16,7 @@ import peewee
 
 from airavata_hpc import command_template, events
 from airavata_hpc.auth import Principal
-from airavata_hpc.db import bulk_insert, database
+from airavata_hpc.db import bulk_insert, database, is_postgres
 from airavata_hpc.errors import (
     ApiError,
     bad_request,
@@ -417,7 +417,7 @@ def cancel(principal: Principal, experiment_id: str) -> Experiment:
 def _locked(principal: Principal, experiment_id: str) -> Experiment:
     """Read the experiment for a change; on PostgreSQL the row is locked until commit."""
     query = Experiment.select().where((Experiment.id == experiment_id) & visible(principal))
-    if database.obj is not None and isinstance(database.obj, peewee.PostgresqlDatabase):
+    if is_postgres():
         query = query.for_update()
     experiment = query.first()
     if experiment is None:
